@@ -1,0 +1,117 @@
+"""The 2D ALiBi attention bias: the one definition of positions in the project.
+
+Engines never compute distances: the host builds the bias for an (h, w) patch grid
+here and feeds it to the graph's ``attn_bias`` input. The export side imports this
+module for tracing and verification.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import Literal
+
+import numpy as np
+
+SlopeType = Literal["constant", "geometric"]
+Metric = Literal["euclidean", "manhattan"]
+
+
+@dataclass(frozen=True)
+class BiasConfig:
+    """How the ALiBi bias is built. Defaults are those of the released ALiBi-Dv2.
+
+    slopes: ``constant`` (m = 1 for every head, one (T, T) matrix broadcast over heads)
+        or ``geometric`` (the paper's "fixed" ablation, m_i = 2^(-8 (i+1) / heads)).
+    wrap: toroidal distance (``min(|d|, n - |d|)`` per axis).
+    metric: ``euclidean`` or ``manhattan`` distance on the patch grid.
+    normalize: divide by the grid's largest distance, so the bias lies in [-1, 0].
+    num_prefix_tokens: CLS + registers, whose rows and columns are zero.
+    """
+
+    slopes: SlopeType = "constant"
+    wrap: bool = True
+    metric: Metric = "euclidean"
+    normalize: bool = True
+    num_prefix_tokens: int = 5
+
+    def __post_init__(self) -> None:
+        if self.slopes not in ("constant", "geometric"):
+            raise ValueError(f"slopes must be 'constant' or 'geometric', not {self.slopes!r}")
+        if self.metric not in ("euclidean", "manhattan"):
+            raise ValueError(f"metric must be 'euclidean' or 'manhattan', not {self.metric!r}")
+        if self.num_prefix_tokens < 0:
+            raise ValueError("num_prefix_tokens must be >= 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "BiasConfig":
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def head_slopes(num_heads: int, slopes: SlopeType = "constant") -> np.ndarray:
+    """Per-head slopes m, shape (num_heads,), as in the reference ``get_alibi_slope``."""
+    if slopes == "constant":
+        return np.ones(num_heads, dtype=np.float64)
+    if slopes == "geometric":
+        base = 2.0 ** (8.0 / num_heads)
+        return base ** -np.arange(1, num_heads + 1, dtype=np.float64)
+    raise ValueError(f"unknown slope type {slopes!r}")
+
+
+def distance_matrix(
+    h: int,
+    w: int,
+    *,
+    wrap: bool = True,
+    metric: Metric = "euclidean",
+    normalize: bool = True,
+    num_prefix_tokens: int = 5,
+) -> np.ndarray:
+    """Negated (normalised) patch distances, zero-padded for prefix tokens: (T, T) float64.
+
+    T = num_prefix_tokens + h * w; patches are ordered row-major.
+    """
+    if h < 1 or w < 1:
+        raise ValueError(f"grid must be at least 1x1, got {h}x{w}")
+    ys, xs = np.divmod(np.arange(h * w), w)
+    dy = np.abs(ys[:, None] - ys[None, :]).astype(np.float64)
+    dx = np.abs(xs[:, None] - xs[None, :]).astype(np.float64)
+    if wrap:
+        dy = np.minimum(dy, h - dy)
+        dx = np.minimum(dx, w - dx)
+    dist = np.sqrt(dy**2 + dx**2) if metric == "euclidean" else dy + dx
+    if normalize and dist.max() > 0:  # a 1x1 grid has no distances to normalise
+        dist /= dist.max()
+    out = np.zeros((num_prefix_tokens + h * w,) * 2, dtype=np.float64)
+    out[num_prefix_tokens:, num_prefix_tokens:] = -dist
+    return out
+
+
+@lru_cache(maxsize=32)
+def _cached_bias(h: int, w: int, num_heads: int, config: BiasConfig) -> np.ndarray:
+    dist = distance_matrix(
+        h,
+        w,
+        wrap=config.wrap,
+        metric=config.metric,
+        normalize=config.normalize,
+        num_prefix_tokens=config.num_prefix_tokens,
+    )
+    if config.slopes == "constant":
+        bias = dist[None, None]
+    else:
+        bias = head_slopes(num_heads, config.slopes)[None, :, None, None] * dist[None, None]
+    bias = np.ascontiguousarray(bias, dtype=np.float32)
+    bias.flags.writeable = False
+    return bias
+
+
+def attention_bias(h: int, w: int, num_heads: int = 6, config: BiasConfig | None = None) -> np.ndarray:
+    """The ``attn_bias`` input for an (h, w) grid: float32 (1, 1 or num_heads, T, T), read-only.
+
+    Constant slopes give one matrix broadcast over heads (1, 1, T, T); geometric slopes give
+    one per head. Results are cached per grid, so repeated tiles of one size cost nothing.
+    """
+    return _cached_bias(int(h), int(w), int(num_heads), config or BiasConfig())

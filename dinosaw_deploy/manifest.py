@@ -1,0 +1,76 @@
+"""Sidecar manifests: what an artifact is, how it was made, how to feed it.
+
+Every artifact ``X`` (``.onnx``, ``.fp16.onnx``, ``.plan``) has ``X.json`` beside it. The ONNX
+graphs also carry the same record (minus their own hash) in ``metadata_props`` under
+:data:`METADATA_KEY`, so a renamed or copied model stays self-describing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import DinosawError
+
+FORMAT = "dinosaw-deploy/manifest"
+FORMAT_VERSION = 1
+METADATA_KEY = "dinosaw_manifest"
+
+
+def sidecar_path(artifact: str | os.PathLike) -> Path:
+    """``engines/x.onnx`` -> ``engines/x.onnx.json``."""
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + ".json")
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temporary name beside ``path`` and rename, so readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_manifest(artifact: str | os.PathLike, manifest: dict[str, Any]) -> Path:
+    path = sidecar_path(artifact)
+    record = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest}
+    atomic_write_bytes(path, (json.dumps(record, indent=2, sort_keys=False) + "\n").encode())
+    return path
+
+
+def parse_manifest(text: str, source: str) -> dict[str, Any]:
+    """Parse and check a manifest's JSON text; ``source`` names it in error messages."""
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DinosawError(f"{source}: not a valid manifest ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise DinosawError(f"{source}: not a dinosaw-deploy manifest")
+    if record.get("format_version", 0) > FORMAT_VERSION:
+        raise DinosawError(
+            f"{source}: manifest format {record['format_version']} is newer than this "
+            f"dinosaw-deploy understands ({FORMAT_VERSION}); upgrade the package"
+        )
+    return record
+
+
+def read_manifest(artifact: str | os.PathLike) -> dict[str, Any]:
+    """The sidecar manifest of ``artifact`` (or ``artifact`` itself if it is the JSON)."""
+    artifact = Path(artifact)
+    path = artifact if artifact.suffix == ".json" else sidecar_path(artifact)
+    if not path.is_file():
+        raise DinosawError(f"no manifest found at {path}")
+    return parse_manifest(path.read_text(), str(path))

@@ -1,0 +1,115 @@
+"""`dinosaw-deploy export`: checkpoint -> verified ONNX (fp32, optionally fp16) + manifests."""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import dinosaw_deploy
+from dinosaw_deploy.errors import DinosawError
+from dinosaw_deploy.extractor import INPUT_NAMES, OUTPUT_NAME
+from dinosaw_deploy.manifest import file_sha256, write_manifest
+from dinosaw_deploy.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+from .checkpoint import LoadedCheckpoint, load_checkpoint
+from .onnx_export import OPSET, export_onnx, verify_onnx
+
+DEFAULT_NAME = "alibi_dv2_vits14"
+
+
+@dataclass
+class ExportResult:
+    artifacts: list[Path] = field(default_factory=list)
+    reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def artifact_metadata(loaded: LoadedCheckpoint, name: str, precision: str) -> dict[str, Any]:
+    """What the runtime needs to feed and trust an exported graph (embedded and in the sidecar)."""
+    import onnx
+    import torch
+
+    config = loaded.model.config
+    return {
+        "model": name,
+        "kind": "onnx",
+        "precision": precision,
+        "architecture": {**config.to_dict(), "num_prefix_tokens": config.num_prefix_tokens},
+        "bias": loaded.bias.to_dict(),
+        "preprocessing": {
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            "channels": 3,
+            "patch_size": config.patch_size,
+            "crop": "top-left to the patch grid (trailing H % p rows, W % p columns dropped)",
+        },
+        "io": {
+            "inputs": {
+                INPUT_NAMES[0]: {"dtype": "float32", "shape": ["batch", 3, "height", "width"]},
+                INPUT_NAMES[1]: {"dtype": "float32", "shape": [1, "1 or num_heads", "tokens", "tokens"]},
+            },
+            "outputs": {OUTPUT_NAME: {"dtype": "float32", "shape": ["batch", config.embed_dim, "height/p", "width/p"]}},
+            "tokens": f"{config.num_prefix_tokens} + (height/p)*(width/p)",
+        },
+        "opset": OPSET,
+        "checkpoint": {"source": loaded.source, "sha256": loaded.sha256},
+        "package_version": dinosaw_deploy.__version__,
+        "exporter": {"torch": torch.__version__, "onnx": onnx.__version__},
+    }
+
+
+def _export_verified(loaded: LoadedCheckpoint, path: Path, name: str, fp16: bool) -> dict[str, Any]:
+    """Export to a temporary name, verify, then rename: a failed check leaves nothing behind."""
+    metadata = artifact_metadata(loaded, name, "fp16" if fp16 else "fp32")
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        export_onnx(loaded.model, tmp, loaded.bias, metadata, fp16=fp16)
+        report = verify_onnx(loaded.model, tmp, loaded.bias, fp16=fp16)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    write_manifest(
+        path,
+        {
+            **metadata,
+            "artifact": path.name,
+            "onnx_sha256": file_sha256(path),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "verification": report,
+        },
+    )
+    return report
+
+
+def run_export(
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    out_dir: str | os.PathLike = "engines",
+    name: str = DEFAULT_NAME,
+    fp16: bool = False,
+    config_path: str | os.PathLike | None = None,
+    overrides: dict[str, Any] | None = None,
+    echo: Callable[[str], None] = lambda _msg: None,
+) -> ExportResult:
+    """Load ``checkpoint`` and write ``<out_dir>/<name>.onnx`` (and ``.fp16.onnx``), each verified
+    against PyTorch and described by a ``.json`` manifest."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DinosawError(f"cannot create output directory {out}: {exc.strerror}") from None
+    loaded = load_checkpoint(checkpoint, config_path=config_path, overrides=overrides)
+    echo(f"loaded {loaded.source} ({loaded.model.config.depth} blocks, dim {loaded.model.config.embed_dim})")
+    result = ExportResult()
+    targets = [(out / f"{name}.onnx", False)] + ([(out / f"{name}.fp16.onnx", True)] if fp16 else [])
+    for path, half in targets:
+        report = _export_verified(loaded, path, name, half)
+        result.artifacts.append(path)
+        result.reports[path.name] = report
+        echo(
+            f"wrote {path} (verified vs PyTorch: max abs {report['max_abs_error']:.2e}, "
+            f"min token cosine {report['min_token_cosine']:.6f})"
+        )
+    return result

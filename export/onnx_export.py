@@ -1,0 +1,140 @@
+"""Trace ALiBi-Dv2 to ONNX with the attention bias as an input, and check it against PyTorch.
+
+The contract (relied on by the runtime, benchmarks and outside checks):
+inputs ``pixel_values`` float32 (B, 3, H, W) and ``attn_bias`` float32 (1, 1 or heads, T, T),
+T = 5 + (H/14)(W/14); output ``features`` float32 (B, C, H/14, W/14); B, H, W, T dynamic.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dinosaw_deploy.bias import BiasConfig, attention_bias
+from dinosaw_deploy.errors import DinosawError
+from dinosaw_deploy.extractor import INPUT_NAMES, OUTPUT_NAME
+from dinosaw_deploy.manifest import METADATA_KEY
+
+from .model import AlibiDv2, to_mixed_precision
+
+OPSET = 17
+DYNAMIC_AXES = {
+    "pixel_values": {0: "batch", 2: "height", 3: "width"},
+    "attn_bias": {1: "bias_heads", 2: "tokens", 3: "tokens"},
+    "features": {0: "batch", 2: "grid_h", 3: "grid_w"},
+}
+# Grids the export is checked on: one square, one not (the ONNX must not bake in a shape).
+VERIFY_GRIDS = ((6, 6), (4, 7))
+FP32_ATOL = 1e-4
+FP16_MIN_COSINE = 0.999
+
+
+def _bias_tensor(h: int, w: int, model: AlibiDv2, bias: BiasConfig) -> torch.Tensor:
+    return torch.from_numpy(np.array(attention_bias(h, w, model.config.num_heads, bias)))
+
+
+def export_onnx(
+    model: AlibiDv2,
+    path: str | os.PathLike,
+    bias: BiasConfig,
+    metadata: dict[str, Any],
+    *,
+    fp16: bool = False,
+    trace_grid: tuple[int, int] = (4, 5),
+) -> Path:
+    """Write ``model`` (fp32, or fp16 compute with fp32 islands) to ``path``."""
+    import onnx
+
+    path = Path(path)
+    model = to_mixed_precision(copy.deepcopy(model)) if fp16 else model
+    h, w = trace_grid
+    p = model.config.patch_size
+    pixel_values = torch.zeros(1, 3, h * p, w * p)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer/deprecation chatter; real failures still raise
+        torch.onnx.export(
+            model.eval(),
+            (pixel_values, _bias_tensor(h, w, model, bias)),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=list(INPUT_NAMES),
+            output_names=[OUTPUT_NAME],
+            dynamic_axes=DYNAMIC_AXES,
+            do_constant_folding=True,
+        )
+    graph = onnx.load(str(path))
+    onnx.helper.set_model_props(graph, {METADATA_KEY: json.dumps(metadata)})
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(path))
+    return path
+
+
+def verification_inputs(
+    model: AlibiDv2, bias: BiasConfig, grids=VERIFY_GRIDS, seed: int = 0
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, pixel_values, attn_bias) triples: a random batch of 2 per grid plus a flat image."""
+    rng = np.random.default_rng(seed)
+    p = model.config.patch_size
+    cases = []
+    for h, w in grids:
+        pixel_values = rng.normal(size=(2, 3, h * p, w * p)).astype(np.float32)
+        cases.append((f"random_{h}x{w}", pixel_values, np.array(attention_bias(h, w, model.config.num_heads, bias))))
+    h, w = grids[0]
+    flat = np.full((1, 3, h * p, w * p), 0.25, dtype=np.float32)
+    cases.append((f"flat_{h}x{w}", flat, np.array(attention_bias(h, w, model.config.num_heads, bias))))
+    return cases
+
+
+def token_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity per token of two (B, C, h, w) feature maps."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    num = (a64 * b64).sum(axis=1)
+    den = np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1)
+    return num / np.maximum(den, 1e-12)
+
+
+def verify_onnx(
+    model: AlibiDv2, onnx_path: str | os.PathLike, bias: BiasConfig, *, fp16: bool = False
+) -> dict[str, Any]:
+    """Run the ONNX with ONNX Runtime (CPU) against fp32 PyTorch; raise if it disagrees.
+
+    fp32: max abs error <= 1e-4. fp16: per-token cosine >= 0.999 (flat image included).
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    report: dict[str, Any] = {"runtime": f"onnxruntime {ort.__version__} CPU", "cases": {}}
+    for name, pixel_values, attn_bias in verification_inputs(model, bias):
+        with torch.no_grad():
+            expected = model(torch.from_numpy(pixel_values), torch.from_numpy(attn_bias)).numpy()
+        (got,) = session.run([OUTPUT_NAME], {"pixel_values": pixel_values, "attn_bias": attn_bias})
+        if got.shape != expected.shape:
+            raise DinosawError(f"{onnx_path}: output shape {got.shape} != PyTorch {expected.shape} on {name}")
+        report["cases"][name] = {
+            "shape": list(pixel_values.shape),
+            "max_abs_error": float(np.abs(got - expected).max()),
+            "min_token_cosine": float(token_cosine(got, expected).min()),
+        }
+    worst_abs = max(c["max_abs_error"] for c in report["cases"].values())
+    worst_cos = min(c["min_token_cosine"] for c in report["cases"].values())
+    report.update(max_abs_error=worst_abs, min_token_cosine=worst_cos)
+    if fp16:
+        report["criterion"] = f"min per-token cosine >= {FP16_MIN_COSINE}"
+        ok = worst_cos >= FP16_MIN_COSINE
+    else:
+        report["criterion"] = f"max abs error <= {FP32_ATOL}"
+        ok = worst_abs <= FP32_ATOL
+    report["passed"] = bool(ok)
+    if not ok:
+        raise DinosawError(
+            f"{Path(onnx_path).name} disagrees with PyTorch (max abs {worst_abs:.3g}, "
+            f"min token cosine {worst_cos:.6f}; needs {report['criterion']}); not keeping it"
+        )
+    return report
