@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import click
 import numpy as np
 
 from . import __version__
+from .atomic import atomic_path
 from .errors import DinosawError
 
 DEFAULT_ENGINE = Path("engines") / "alibi_dv2_vits14.onnx"
@@ -36,16 +36,6 @@ class FriendlyGroup(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for details)")
-
-
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    """Save to a temporary name beside ``path``, then rename."""
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}.npy")
-    try:
-        np.save(tmp, array)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def check_output(output: Path, inputs: list[Path], overwrite: bool) -> None:
@@ -120,7 +110,8 @@ def features(image: Path, output: Path, engine: Path, intensity_range, overwrite
     pixels = read_image(image)
     extractor = FeatureExtractor(engine, intensity_range=tuple(intensity_range) if intensity_range else None)
     feats = extractor(pixels)
-    atomic_save_npy(output, feats)
+    with atomic_path(output) as tmp:
+        np.save(tmp, feats)
     click.echo(f"wrote {output}: features {feats.shape} float32 from {image.name} {pixels.shape}")
 
 

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write_bytes
 from .errors import DinosawError
 
 FORMAT = "dinosaw-deploy/manifest"
@@ -31,17 +32,6 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary name beside ``path`` and rename, so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_manifest(artifact: str | os.PathLike, manifest: dict[str, Any]) -> Path:

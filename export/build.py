@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import dinosaw_deploy
+from dinosaw_deploy.atomic import atomic_path
 from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.extractor import INPUT_NAMES, OUTPUT_NAME
 from dinosaw_deploy.manifest import file_sha256, write_manifest
@@ -63,13 +64,9 @@ def artifact_metadata(loaded: LoadedCheckpoint, name: str, precision: str) -> di
 def _export_verified(loaded: LoadedCheckpoint, path: Path, name: str, fp16: bool) -> dict[str, Any]:
     """Export to a temporary name, verify, then rename: a failed check leaves nothing behind."""
     metadata = artifact_metadata(loaded, name, "fp16" if fp16 else "fp32")
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         export_onnx(loaded.model, tmp, loaded.bias, metadata, fp16=fp16)
         report = verify_onnx(loaded.model, tmp, loaded.bias, fp16=fp16)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     write_manifest(
         path,
         {
