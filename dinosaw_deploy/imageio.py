@@ -32,5 +32,5 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise DinosawError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from None
     image = np.asarray(image)
     if image.size == 0:
-        raise DinosawError(f"image {path} is empty")
+        raise DinosawError(f"cannot read image {path}: it holds no pixels")
     return image

@@ -34,10 +34,14 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def write_manifest(artifact: str | os.PathLike, manifest: dict[str, Any]) -> Path:
+def manifest_json(fields: dict[str, Any], indent: int | None = None) -> str:
+    """``fields`` as a manifest record (format tag first), serialised."""
+    return json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **fields}, indent=indent)
+
+
+def write_manifest(artifact: str | os.PathLike, fields: dict[str, Any]) -> Path:
     path = sidecar_path(artifact)
-    record = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest}
-    atomic_write_bytes(path, (json.dumps(record, indent=2, sort_keys=False) + "\n").encode())
+    atomic_write_bytes(path, (manifest_json(fields, indent=2) + "\n").encode())
     return path
 
 

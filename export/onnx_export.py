@@ -7,7 +7,6 @@ T = 5 + (H/14)(W/14); output ``features`` float32 (B, C, H/14, W/14); B, H, W, T
 from __future__ import annotations
 
 import copy
-import json
 import os
 import warnings
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from dinosaw_deploy.bias import BiasConfig, attention_bias
 from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.extractor import INPUT_NAMES, OUTPUT_NAME
-from dinosaw_deploy.manifest import METADATA_KEY
+from dinosaw_deploy.manifest import METADATA_KEY, manifest_json
 
 from .model import AlibiDv2, to_mixed_precision
 
@@ -70,7 +69,7 @@ def export_onnx(
             do_constant_folding=True,
         )
     graph = onnx.load(str(path))
-    onnx.helper.set_model_props(graph, {METADATA_KEY: json.dumps(metadata)})
+    onnx.helper.set_model_props(graph, {METADATA_KEY: manifest_json(metadata)})
     onnx.checker.check_model(graph)
     onnx.save(graph, str(path))
     return path

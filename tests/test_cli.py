@@ -1,0 +1,117 @@
+"""Every CLI failure is one clear line and a non-zero exit; the happy paths write what they say."""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dinosaw_deploy import FeatureExtractor, __version__
+from dinosaw_deploy.cli import main
+
+from .conftest import TINY
+
+
+def invoke(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert "Traceback" not in result.output
+    return result
+
+
+def assert_clean_failure(result, fragment, code=1):
+    assert result.exit_code == code, result.output
+    assert fragment in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+
+
+def test_version():
+    result = invoke("--version")
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_export_writes_and_reports(tmp_path):
+    result = invoke("export", "--checkpoint", TINY / "weights_timm.pth", "--config", TINY / "config.json",
+                    "-o", tmp_path, "--name", "t")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "t.onnx").is_file() and (tmp_path / "t.onnx.json").is_file()
+    assert "verified vs PyTorch" in result.output
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--checkpoint", "missing.pth"], "checkpoint not found"),
+        (["--checkpoint", TINY / "weights_timm.pth"], "num_heads"),
+        (["--checkpoint", TINY / "config.json", "--num-heads", "6"], "cannot read checkpoint"),
+        (["--checkpoint", TINY / "weights_timm.pth", "--config", "missing.json"], "cannot read config"),
+    ],
+)
+def test_export_failures(tmp_path, args, fragment):
+    assert_clean_failure(invoke("export", "-o", tmp_path, *args), fragment)
+    assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_export_bad_option():
+    result = invoke("export", "--num-heads", "0")
+    assert result.exit_code == 2 and "Invalid value" in result.output
+
+
+def test_features_and_info(tiny_engine, tmp_path):
+    import tifffile
+
+    image = (np.random.default_rng(0).random((70, 90)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    out = tmp_path / "f.npy"
+    result = invoke("features", tmp_path / "img.tif", "-o", out, "--engine", tiny_engine)
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(np.load(out), FeatureExtractor(tiny_engine)(image), atol=1e-6)
+    again = invoke("features", tmp_path / "img.tif", "-o", out, "--engine", tiny_engine)
+    assert_clean_failure(again, "--overwrite")
+    info = invoke("info", tiny_engine)
+    assert info.exit_code == 0 and json.loads(info.output)["architecture"]["embed_dim"] == 96
+
+
+def write_garbage_tiff(path):
+    path.write_bytes(b"II*\x00garbage")
+
+
+def write_npy(shape):
+    return lambda path: np.save(path, np.zeros(shape))
+
+
+@pytest.mark.parametrize(
+    "name, make_image, engine, fragment",
+    [
+        ("img.tif", None, None, "image not found"),
+        ("img.tif", write_garbage_tiff, None, "cannot read image"),
+        ("img.npy", write_npy((5, 5)), None, "smaller than one"),
+        ("img.npy", write_npy((28, 28)), "config.json", "not a loadable ONNX"),
+        ("img.npy", write_npy((28, 28)), "missing.onnx", "model not found"),
+    ],
+)
+def test_features_failures(tiny_engine, tmp_path, name, make_image, engine, fragment):
+    image = tmp_path / name
+    if make_image:
+        make_image(image)
+    engine_path = {None: tiny_engine, "config.json": TINY / "config.json"}.get(engine, tmp_path / str(engine))
+    result = invoke("features", image, "-o", tmp_path / "out.npy", "--engine", engine_path)
+    assert_clean_failure(result, fragment)
+    assert not (tmp_path / "out.npy").exists()
+
+
+def test_features_never_overwrites_input(tiny_engine, tmp_path):
+    image = tmp_path / "img.npy"
+    np.save(image, np.zeros((28, 28)))
+    before = image.read_bytes()
+    assert_clean_failure(invoke("features", image, "-o", image, "--engine", tiny_engine, "--overwrite"), "inputs")
+    assert image.read_bytes() == before
+
+
+def test_info_failures(tmp_path):
+    assert_clean_failure(invoke("info", tmp_path / "nothing.onnx"), "not found")
+    junk = tmp_path / "x.plan"
+    junk.write_bytes(b"x")
+    assert_clean_failure(invoke("info", junk), "no manifest")
+    bad_json = tmp_path / "m.json"
+    bad_json.write_text("{}")
+    assert_clean_failure(invoke("info", bad_json), "not a dinosaw-deploy manifest")
