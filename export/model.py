@@ -100,14 +100,17 @@ class AlibiAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.m = nn.Parameter(torch.ones(num_heads, 1, 1)) if learned_slopes else None
 
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
+        """``attn_bias=None`` adds no bias (the learned-position DINOv2 teacher in ``export.train``)."""
         batch, tokens, dim = x.shape
         qkv = self.qkv(x.to(self.qkv.weight.dtype))
         qkv = qkv.reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         logits = (q * self.scale) @ k.transpose(-2, -1)
-        bias = attn_bias if self.m is None else self.m * attn_bias
-        attn = torch.softmax((logits + bias.to(logits.dtype)).float(), dim=-1).to(v.dtype)
+        if attn_bias is not None:
+            bias = attn_bias if self.m is None else self.m * attn_bias
+            logits = logits + bias.to(logits.dtype)
+        attn = torch.softmax(logits.float(), dim=-1).to(v.dtype)
         out = (attn @ v).transpose(1, 2).reshape(batch, tokens, dim)
         return self.proj(out)
 
@@ -123,7 +126,7 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, config.mlp_hidden_dim)
         self.ls2 = LayerScale(dim)
 
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
         x = x + self.ls1(self.attn(self.norm1(x), attn_bias))
         return x + self.ls2(self.mlp(self.norm2(x)))
 
@@ -154,7 +157,7 @@ class AlibiDv2(nn.Module):
             nn.init.constant_(block.ls1.gamma, 1e-5)
             nn.init.constant_(block.ls2.gamma, 1e-5)
 
-    def _encode(self, pixel_values: torch.Tensor, attn_bias: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    def _encode(self, pixel_values: torch.Tensor, attn_bias: torch.Tensor | None) -> tuple[torch.Tensor, int, int]:
         grid = self.patch_embed(pixel_values)
         h, w = grid.shape[-2:]  # traced as shape ops, so exported graphs keep H and W dynamic
         patches = grid.flatten(2).transpose(1, 2).float()
@@ -166,11 +169,11 @@ class AlibiDv2(nn.Module):
             x = block(x, attn_bias)
         return self.norm(x), h, w
 
-    def forward_tokens(self, pixel_values: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
+    def forward_tokens(self, pixel_values: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
         """All tokens after the final norm: (B, 5 + h*w, C), order [CLS, REG.., patches]."""
         return self._encode(pixel_values, attn_bias)[0]
 
-    def forward(self, pixel_values: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
         tokens, h, w = self._encode(pixel_values, attn_bias)
         patches = tokens[:, self.config.num_prefix_tokens :]
         return patches.transpose(1, 2).reshape(patches.shape[0], self.config.embed_dim, h, w)
