@@ -181,7 +181,7 @@ def test_tile_local_ramps_find_a_per_tile_signal():
     from dinosaw_deploy.probe import tile_local_positions
     from dinosaw_deploy.tiling import TileGrid
 
-    grid = TileGrid.for_image(1400, 1200, tile=518, overlap=4)  # 100 x 85 patches, 3 x 3 tiles
+    grid = TileGrid.for_image(1400, 1200, tile=518, overlap=4, window="central")  # 100 x 85 patches, 3 x 3 tiles
     local_x, local_y = stitched_local_ramps(grid)
     feats = noise(8, grid.grid_h, grid.grid_w, seed=6)
     feats[2] = 3 * local_x
