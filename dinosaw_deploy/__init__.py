@@ -10,4 +10,13 @@ from .bias import BiasConfig, attention_bias
 from .errors import DinosawError
 from .extractor import FeatureExtractor
 
-__all__ = ["BiasConfig", "DinosawError", "FeatureExtractor", "__version__", "attention_bias"]
+__all__ = ["BiasConfig", "DinosawError", "FeatureExtractor", "Segmenter", "__version__", "attention_bias"]
+
+
+def __getattr__(name: str):
+    """``Segmenter`` is imported on first use, so ``import dinosaw_deploy`` stays light."""
+    if name == "Segmenter":
+        from .segmenter import Segmenter
+
+        return Segmenter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
