@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import click
-import numpy as np
 
 from . import __version__
-from .atomic import atomic_path
 from .errors import DinosawError
 
 DEFAULT_ENGINE = Path("engines") / "alibi_dv2_vits14.onnx"
@@ -30,6 +29,9 @@ class FriendlyGroup(click.Group):
             _fail(str(exc))
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except BrokenPipeError:  # output piped into e.g. `head`: stop quietly, as other tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except Exception as exc:
@@ -63,18 +65,58 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Architecture/ALiBi JSON for what tensor shapes cannot tell (e.g. num_heads).")
 @click.option("--num-heads", type=click.IntRange(min=1), default=None, help="Attention heads (default: dim / 64).")
-@click.option("--fp16", is_flag=True, help="Also write a float16-compute ONNX (*.fp16.onnx).")
+@click.option("--fp16", is_flag=True, help="Also write a float16-compute ONNX (*.fp16.onnx); where TensorRT is "
+              "installed, also build its plan. With --from-onnx on an fp32 ONNX: TensorRT 10's FP16 builder flag.")
 @click.option("-o", "--out-dir", type=click.Path(file_okay=False), default="engines", show_default=True)
 @click.option("--name", default="alibi_dv2_vits14", show_default=True, help="Artifact base name.")
-def export(checkpoint, config_path, num_heads, fp16, out_dir, name) -> None:
-    """Export ALiBi-Dv2 to ONNX, verified against PyTorch."""
+@click.option("--tensorrt/--no-tensorrt", "tensorrt", default=None,
+              help="Build a TensorRT plan beside the ONNX [default: with --fp16 when TensorRT is installed].")
+@click.option("--from-onnx", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Only build a plan from this exported ONNX (no checkpoint, no torch); written beside it.")
+@click.option("--tile", type=click.IntRange(min=14), default=518, show_default=True,
+              help="Plan: tile side (px) TensorRT tunes for.")
+@click.option("--min-tile", type=click.IntRange(min=14), default=None,
+              help="Plan: smallest tile side [min(224, --tile)].")
+@click.option("--max-tile", type=click.IntRange(min=14), default=None, help="Plan: largest tile side [--tile].")
+@click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True, help="Plan: largest batch.")
+@click.option("--workspace", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Plan: builder workspace limit in GiB [TensorRT's default].")
+@click.option("--opt-level", type=click.IntRange(0, 5), default=3, show_default=True,
+              help="Plan: TensorRT builder optimisation level.")
+@click.option("--hardware-compatible", is_flag=True, help="Plan: run on any Ampere or newer GPU (slower).")
+@click.option("--version-compatible", is_flag=True, help="Plan: run on later TensorRT versions too (slower).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing plan.")
+def export(checkpoint, config_path, num_heads, fp16, out_dir, name, tensorrt, from_onnx, tile, min_tile, max_tile,
+           max_batch, workspace, opt_level, hardware_compatible, version_compatible, overwrite) -> None:
+    """Export ALiBi-Dv2 to ONNX, verified against PyTorch; on a GPU host also build TensorRT plans."""
+    from .export.tensorrt import PlanOptions, build_plan, import_tensorrt, tensorrt_available
+    from .plan_manifest import plan_path_for
+
+    def plan_options(fp16_flag: bool) -> PlanOptions:
+        return PlanOptions(tile=tile, min_tile=min_tile, max_tile=max_tile, max_batch=max_batch,
+                           workspace_gib=workspace, opt_level=opt_level, fp16_flag=fp16_flag,
+                           hardware_compatible=hardware_compatible, version_compatible=version_compatible)
+
+    if from_onnx is not None:
+        if checkpoint or config_path or num_heads or tensorrt is False:
+            raise DinosawError("--from-onnx only builds a plan: drop --checkpoint/--config/--num-heads/--no-tensorrt")
+        build_plan(from_onnx, plan_options(fp16), overwrite=overwrite, echo=click.echo)
+        return
+    build_plans = tensorrt if tensorrt is not None else (fp16 and tensorrt_available())
+    plan_source = Path(out_dir) / (f"{name}.fp16.onnx" if fp16 else f"{name}.onnx")
+    if build_plans:  # refuse bad plan options, no TensorRT or an existing plan before the slow export
+        options = plan_options(False)
+        import_tensorrt()
+        plan_path = plan_path_for(plan_source, "fp16" if fp16 else "fp32")
+        if plan_path.exists() and not overwrite:
+            raise DinosawError(f"{plan_path} exists; pass --overwrite to rebuild it")
     try:
         from .export.build import run_export
     except ImportError as exc:
         raise DinosawError(
             f"export needs the build-side extra ({exc.name} is missing): pip install 'dinosaw-deploy[export]'"
         ) from None
-    result = run_export(
+    run_export(
         checkpoint,
         out_dir=out_dir,
         name=name,
@@ -83,36 +125,11 @@ def export(checkpoint, config_path, num_heads, fp16, out_dir, name) -> None:
         overrides={"num_heads": num_heads},
         echo=click.echo,
     )
-    if fp16:
-        fp16_path = next(p for p in result.artifacts if p.name.endswith(".fp16.onnx"))
-        click.echo(
-            f"TensorRT is not used by this command yet: on a GPU host, build a plan from {fp16_path} "
-            f"(e.g. trtexec --onnx={fp16_path} --saveEngine={fp16_path.with_suffix('.plan')}) "
-            "or run it with ONNX Runtime's CUDA/TensorRT providers."
-        )
-
-
-@main.command()
-@click.argument("image", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output .npy (C, h, w).")
-@click.option("--engine", type=click.Path(path_type=Path), default=DEFAULT_ENGINE, show_default=True)
-@click.option("--intensity-range", nargs=2, type=float, default=None, metavar="LO HI",
-              help="Map [LO, HI] to [0, 1] instead of the per-dtype default.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
-def features(image: Path, output: Path, engine: Path, intensity_range, overwrite: bool) -> None:
-    """Patch features of IMAGE in one pass (whole image), saved as float32 (C, h, w)."""
-    from .extractor import FeatureExtractor
-    from .imageio import read_image
-
-    if output.suffix != ".npy":
-        raise DinosawError(f"output must end in .npy, got {output.name}")
-    check_output(output, [image, engine], overwrite)
-    pixels = read_image(image)
-    extractor = FeatureExtractor(engine, intensity_range=tuple(intensity_range) if intensity_range else None)
-    feats = extractor(pixels)
-    with atomic_path(output) as tmp:
-        np.save(tmp, feats)
-    click.echo(f"wrote {output}: features {feats.shape} float32 from {image.name} {pixels.shape}")
+    if build_plans:
+        build_plan(plan_source, options, overwrite=overwrite, echo=click.echo)
+    elif fp16:
+        click.echo(f"TensorRT is not installed here, so no plan was built. On the GPU host run: "
+                   f"dinosaw-deploy export --from-onnx {plan_source}")
 
 
 @main.command()
@@ -139,6 +156,18 @@ def info(artifact: Path) -> None:
         raise DinosawError(f"{artifact}: no manifest beside it ({sidecar_path(artifact).name})")
     click.echo(json.dumps(record, indent=2))
 
+
+# Commands with their own modules (each keeps heavy imports inside the command function).
+from .cli_train import train_command  # noqa: E402
+from .features_cli import features_command  # noqa: E402
+from .probe_cli import probe_command  # noqa: E402
+from .segment_cli import apply_command, segment_command  # noqa: E402
+
+main.add_command(features_command, "features")
+main.add_command(segment_command, "segment")
+main.add_command(apply_command, "apply")
+main.add_command(probe_command, "probe")
+main.add_command(train_command, "train")
 
 if __name__ == "__main__":
     main()
