@@ -272,7 +272,28 @@ def _vendor_metadata(tif) -> tuple[str | None, tuple[float, float] | None, int |
             except ValueError:
                 acquired = None
         return "zeiss", size, acquired
-    return None, None, None
+    return None, _ome_pixel_size(tif), None
+
+
+def _ome_pixel_size(tif) -> tuple[float, float] | None:
+    """(y, x) metres per pixel from OME-XML ``Pixels`` PhysicalSizeY/X (default unit µm), e.g. our
+    own segmentation output; None when absent or malformed."""
+    import xml.etree.ElementTree as ET
+
+    if not tif.is_ome or not tif.ome_metadata:
+        return None
+    try:
+        pixels = next(e for e in ET.fromstring(tif.ome_metadata).iter() if e.tag.endswith("}Pixels"))
+        size = []
+        for axis in ("Y", "X"):
+            value = float(pixels.attrib[f"PhysicalSize{axis}"])
+            factor = _UNITS.get(pixels.attrib.get(f"PhysicalSize{axis}Unit", "µm"))
+            if not factor or value <= 0:
+                return None
+            size.append(value * factor)
+    except (ET.ParseError, StopIteration, KeyError, ValueError):
+        return None
+    return size[0], size[1]
 
 
 def _positive(value: Any) -> bool:

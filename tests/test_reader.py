@@ -178,3 +178,17 @@ def test_intensity_sample_of_a_large_image_is_deterministic(tmp_path, monkeypatc
         first = fit_intensity_range(img)
         assert first == fit_intensity_range(img)
         assert -5 <= first[0] < first[1] <= 5 and first != (-5.0, 5.0)  # windows, not the whole image
+
+
+def test_ome_physical_size_is_read(tmp_path):
+    """Pixel size from OME-XML (our own segmentation output), so `apply` on it keeps the scale."""
+    from dinosaw_deploy.ome_writer import write_ome_pyramid
+
+    path = tmp_path / "seg.ome.tif"
+    write_ome_pyramid(path, np.ones((600, 700), np.uint8), pixel_size=(2e-9, 3e-9))
+    with open_image(path) as img:
+        assert img.info.pixel_size == pytest.approx((2e-9, 3e-9))
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, np.ones((20, 20), np.uint8))
+    with open_image(plain) as img:
+        assert img.info.pixel_size is None
