@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from .cli_options import backend_option
 from .errors import DinosawError
 
 # A whole-image pass attends over all tokens at once (memory ~ tokens^2): beyond this, tile.
@@ -38,8 +39,10 @@ TILED_DEFAULTS = {"tile": 518, "overlap": 4, "batch": 4, "dtype": "float16", "me
 @click.option("--no-preview", is_flag=True, help="Do not write the PCA preview PNG [.zarr].")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@backend_option
 def features_command(image: Path, output: Path, engine: Path, intensity_range, intensity_percentiles, page, level,
-                     crop_databar, tile, overlap, batch, dtype, merge, no_preview, as_json, overwrite) -> None:
+                     crop_databar, tile, overlap, batch, dtype, merge, no_preview, as_json, overwrite,
+                     backend: str) -> None:
     """Patch features of IMAGE: (C, H // 14, W // 14) as a chunked zarr store (.zarr) or a float32 .npy.
 
     A .zarr run streams the image tile by tile in bounded memory, shows progress, resumes where an
@@ -67,10 +70,10 @@ def features_command(image: Path, output: Path, engine: Path, intensity_range, i
               "percentiles": tuple(intensity_percentiles) if intensity_percentiles else None}
     with open_image(image, page=page, level=level, crop_databar=crop_databar) as reader:
         if suffix == ".npy":
-            summary = _whole_image(reader, engine, output, **ranges)
+            summary = _whole_image(reader, engine, output, backend=backend, **ranges)
         else:
             options = {k: TILED_DEFAULTS[k] if v is None else v for k, v in tiled.items()}
-            extractor = FeatureExtractor(engine, batch_size=options["batch"])
+            extractor = FeatureExtractor(engine, batch_size=options["batch"], backend=backend)
             summary = _tiled(reader, extractor, output, options, ranges, not no_preview, quiet=as_json)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -79,7 +82,7 @@ def features_command(image: Path, output: Path, engine: Path, intensity_range, i
                    + (f" ({summary['tiles']} tiles, {summary['seconds']:.1f} s)" if "tiles" in summary else ""))
 
 
-def _whole_image(reader, engine: Path, output: Path, *, intensity_range, percentiles) -> dict:
+def _whole_image(reader, engine: Path, output: Path, *, backend: str, intensity_range, percentiles) -> dict:
     import numpy as np
 
     from .atomic import atomic_path, atomic_write_bytes
@@ -94,7 +97,7 @@ def _whole_image(reader, engine: Path, output: Path, *, intensity_range, percent
             f"write a tiled .zarr output instead"
         )
     lo_hi = fit_intensity_range(reader, intensity_range=intensity_range, percentiles=percentiles)
-    extractor = FeatureExtractor(engine, intensity_range=lo_hi)
+    extractor = FeatureExtractor(engine, intensity_range=lo_hi, backend=backend)
     feats = extractor(reader.read_region(0, 0, *reader.shape))
     summary = {"output": str(output), "shape": list(feats.shape), "dtype": "float32",
                "intensity_range": list(lo_hi), "image": reader.info.to_dict()}

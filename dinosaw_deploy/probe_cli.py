@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from .cli_options import backend_option
 from .errors import DinosawError
 
 FEATURE_SUFFIXES = (".npy", ".zarr")
@@ -138,8 +139,9 @@ def _roll_checks(extractor, images, shifts, seed: int, tolerance: float) -> dict
               help="Map [LO, HI] to [0, 1] for IMAGE inputs instead of the per-dtype default.")
 @click.option("--no-figure", is_flag=True, help="Write only the JSON report.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@backend_option
 def probe_command(inputs, output, engine, tiles, roll, shifts, roll_tolerance, repeats, seed, top,
-                  max_sample, intensity_range, no_figure, overwrite) -> None:
+                  max_sample, intensity_range, no_figure, overwrite, backend) -> None:
     """Positional-bias probe (paper Sec. 3.1) of IMAGE... (features from --engine) or FEATURES.npy|.zarr.
 
     Fits StandardScaler + Ridge(alpha=1) from features to x/y ramps on (h*w)//36 random tokens,
@@ -174,7 +176,9 @@ def probe_command(inputs, output, engine, tiles, roll, shifts, roll_tolerance, r
     if images or roll:
         from .extractor import FeatureExtractor
 
-        extractor = FeatureExtractor(engine, intensity_range=tuple(intensity_range) if intensity_range else None)
+        extractor = FeatureExtractor(
+            engine, intensity_range=tuple(intensity_range) if intensity_range else None, backend=backend
+        )
 
     rng = np.random.default_rng(seed)
     results, records, first = _probe_inputs(inputs, images, extractor, tiles, rng, repeats, max_sample)

@@ -16,6 +16,7 @@ from typing import Any
 import click
 import numpy as np
 
+from .cli_options import backend_option
 from .errors import DinosawError
 
 PREVIEW_SIZE = 1024
@@ -57,7 +58,7 @@ def _work_dir(output: Path, run: dict[str, Any]) -> Path:
     return work
 
 
-def _engine(engine: Path | None, no_vit: bool, required: bool = False):
+def _engine(engine: Path | None, no_vit: bool, backend: str, required: bool = False):
     """The FeatureExtractor to use, or None for classical features only."""
     from .cli import DEFAULT_ENGINE
     from .extractor import FeatureExtractor
@@ -72,7 +73,7 @@ def _engine(engine: Path | None, no_vit: bool, required: bool = False):
                        "run `dinosaw-deploy export` (or pass --engine X.onnx); --no-vit silences this.")
             return None
         engine = DEFAULT_ENGINE
-    return FeatureExtractor(engine)
+    return FeatureExtractor(engine, backend=backend)
 
 
 def _patch_grid(reader, extractor, work: Path):
@@ -210,9 +211,10 @@ def _run(image: Path, output: Path, inputs: list[Path], options: dict[str, Any],
               help="XGBoost training device.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads [all cores].")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@backend_option
 def segment_command(image: Path, labels_path: Path, output: Path, engine: Path | None, no_vit: bool,
                     save_model: Path | None, probabilities: bool, modal: int, crf: bool, contrast: str, rounds: int,
-                    max_depth: int, device: str, threads: int | None, overwrite: bool) -> None:
+                    max_depth: int, device: str, threads: int | None, overwrite: bool, backend: str) -> None:
     """Train on the scribbled pixels of IMAGE and segment all of it into a pyramidal OME-TIFF."""
     from .contrast import ClaheConfig
     from .labels import load_scribbles
@@ -222,7 +224,7 @@ def segment_command(image: Path, labels_path: Path, output: Path, engine: Path |
         raise DinosawError("--engine and --no-vit contradict each other; pass one")
     if save_model is not None and save_model.suffix != ".dsw":
         raise DinosawError(f"--save-model must end in .dsw, got {save_model.name}")
-    extractor = _engine(engine, no_vit)
+    extractor = _engine(engine, no_vit, backend)
     inputs = [image, labels_path] + ([extractor.model_path] if extractor is not None else [])
     for path in inputs:
         if not path.is_file():
@@ -266,14 +268,15 @@ def segment_command(image: Path, labels_path: Path, output: Path, engine: Path |
 @click.option("--crf", is_flag=True, help="Dense-CRF post-processing per tile (needs the 'crf' extra).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads [all cores].")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@backend_option
 def apply_command(image: Path, model_path: Path, output: Path, engine: Path | None, probabilities: bool,
-                  modal: int, crf: bool, threads: int | None, overwrite: bool) -> None:
+                  modal: int, crf: bool, threads: int | None, overwrite: bool, backend: str) -> None:
     """Segment IMAGE with a model saved by `segment --save-model`."""
     from .bundle import load_bundle
     from .segmenter import Segmenter
 
     uses_vit = load_bundle(model_path).config.get("vit") is not None
-    extractor = _engine(engine, no_vit=not uses_vit, required=True)
+    extractor = _engine(engine, no_vit=not uses_vit, backend=backend, required=True)
     inputs = [image, model_path] + ([extractor.model_path] if extractor is not None else [])
     for path in inputs:
         if not path.is_file():

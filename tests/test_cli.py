@@ -115,3 +115,14 @@ def test_info_failures(tmp_path):
     bad_json = tmp_path / "m.json"
     bad_json.write_text("{}")
     assert_clean_failure(invoke("info", bad_json), "not a dinosaw-deploy manifest")
+
+
+def test_backend_option_is_passed_through(tiny_engine, tmp_path):
+    np.save(tmp_path / "img.npy", np.zeros((28, 28)))
+    ok = invoke("features", tmp_path / "img.npy", "-o", tmp_path / "a.npy", "--engine", tiny_engine, "--backend", "cpu")
+    assert ok.exit_code == 0, ok.output
+    # a GPU backend that this machine lacks is refused, not silently replaced by the CPU
+    forced = invoke("features", tmp_path / "img.npy", "-o", tmp_path / "b.npy", "--engine", tiny_engine,
+                    "--backend", "ort-cuda")
+    assert_clean_failure(forced, "ort-cuda")
+    assert not (tmp_path / "b.npy").exists()
