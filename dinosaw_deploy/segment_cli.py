@@ -224,11 +224,11 @@ def segment_command(image: Path, labels_path: Path, output: Path, engine: Path |
         raise DinosawError("--engine and --no-vit contradict each other; pass one")
     if save_model is not None and save_model.suffix != ".dsw":
         raise DinosawError(f"--save-model must end in .dsw, got {save_model.name}")
-    extractor = _engine(engine, no_vit, backend)
-    inputs = [image, labels_path] + ([extractor.model_path] if extractor is not None else [])
-    for path in inputs:
+    for path in (image, labels_path):  # before the engine, whose notice would bury this error
         if not path.is_file():
             raise DinosawError(f"not found: {path}")
+    extractor = _engine(engine, no_vit, backend)
+    inputs = [image, labels_path] + ([extractor.model_path] if extractor is not None else [])
     options = {"name": "segment", "vit": extractor is not None, "rounds": rounds, "max_depth": max_depth,
                "contrast": contrast, "modal": modal, "crf": crf, "probabilities": probabilities}
 

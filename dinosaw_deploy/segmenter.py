@@ -36,6 +36,9 @@ DEFAULT_TILE = 512
 CRF_HALO = 64
 # Prediction runs one tile per worker thread, so each call uses one core (no OpenMP oversubscription).
 PREDICT_PARAMS = {"device": "cpu", "nthread": 1}
+# XGBoost keeps a gradient pair per training pixel and class: bound pixels x classes so a dense
+# many-class label image cannot exhaust memory (3 classes keep the 200k-per-class default).
+MAX_PIXEL_CLASS_PAIRS = 20_000_000
 T = TypeVar("T")
 
 
@@ -187,7 +190,8 @@ class Segmenter:
         filter_bank: the classical filter-bank config (default: 58 channels).
         classifier: XGBoost settings (default: hist, depth 8, 100 rounds, eta 0.3, seed 0).
         tile: prediction / feature tile size in px.
-        max_samples_per_class: training pixels kept per class (random, seeded) at most.
+        max_samples_per_class: training pixels kept per class (random, seeded) at most; fewer
+            with many classes, so that pixels x classes <= ``MAX_PIXEL_CLASS_PAIRS``.
         contrast: optional CLAHE before the filter bank (:mod:`dinosaw_deploy.contrast`); None = off.
         threads: CPU threads (default: all cores).
         device: ``auto`` (CUDA when xgboost has it and a GPU is present), ``cpu`` or ``cuda``.
@@ -291,7 +295,8 @@ class Segmenter:
                            "patch_size": int(self.extractor.patch_size)}
             self.pca = PcaFeatures.fit(grid, n_components=self.n_components, patch_size=self.extractor.patch_size,
                                        seed=self.classifier.seed)
-        sample = scribbles.subsample(self.max_samples_per_class, seed=self.classifier.seed)
+        per_class = min(self.max_samples_per_class, max(1, MAX_PIXEL_CLASS_PAIRS // scribbles.num_classes**2))
+        sample = scribbles.subsample(per_class, seed=self.classifier.seed)
         x, y = self._gather(gray, grid, sample, progress)
         counts = np.bincount(y, minlength=len(self.label_classes))
         weights = (len(y) / (len(self.label_classes) * np.maximum(counts, 1)))[y].astype(np.float32)

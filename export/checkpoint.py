@@ -197,8 +197,10 @@ def load_checkpoint(
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle/zip errors, or objects refused by weights_only
-        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise DinosawError(f"cannot read checkpoint {path}: {type(exc).__name__}: {first_line}") from None
+        raise DinosawError(
+            f"cannot read checkpoint {path}: not a PyTorch state dict of tensors ({type(exc).__name__}; "
+            "files are read with weights_only=True, which refuses pickled objects)"
+        ) from None
     state = normalize_state_dict(raw)
     config = infer_config(state, {k: arch_given[k] for k in AlibiDv2Config.__dataclass_fields__ if k in arch_given})
     model = AlibiDv2(config)

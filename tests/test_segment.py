@@ -188,3 +188,22 @@ def test_dense_crf_cleans_isolated_noise_or_says_which_extra():
     labels = dense_crf(probs, gray)
     assert labels.shape == (40, 40) and labels[10, 10] == 1
     assert (labels[:, :20] == 1).all() and (labels[:, 20:] == 2).all()
+
+
+def test_many_classes_shrink_the_training_sample(monkeypatch):
+    """A dense label image with many classes keeps pixels x classes bounded (XGBoost's gradients)."""
+    from dinosaw_deploy import labels, segmenter
+
+    monkeypatch.setattr(segmenter, "MAX_PIXEL_CLASS_PAIRS", 20 * 20 * 30)
+    kept = []
+    original = labels.Scribbles.subsample
+
+    def recording(self, max_per_class, seed=0):
+        kept.append(max_per_class)
+        return original(self, max_per_class, seed)
+
+    monkeypatch.setattr(labels.Scribbles, "subsample", recording)
+    dense = (np.arange(64 * 64).reshape(64, 64) % 20 + 1).astype(np.uint8)  # 20 classes, every pixel labelled
+    image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    Segmenter(classifier=ClassifierParams(rounds=1), tile=64, threads=1).fit(image, dense)
+    assert kept == [30]
