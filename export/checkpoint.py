@@ -178,6 +178,17 @@ def bias_config_from(alibi: dict[str, Any], num_prefix_tokens: int) -> BiasConfi
         raise DinosawError(f"invalid ALiBi settings: {exc}") from None
 
 
+def read_checkpoint_file(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU, with one clear error for anything unreadable."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle/zip errors, or objects refused by weights_only
+        raise DinosawError(
+            f"cannot read checkpoint {path}: not a PyTorch state dict of tensors ({type(exc).__name__}; "
+            "files are read with weights_only=True, which refuses pickled objects)"
+        ) from None
+
+
 def load_checkpoint(
     spec: str | os.PathLike | None,
     *,
@@ -194,14 +205,7 @@ def load_checkpoint(
         except (OSError, json.JSONDecodeError) as exc:
             raise DinosawError(f"cannot read config {config_path}: {exc}") from None
     arch_given.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle/zip errors, or objects refused by weights_only
-        raise DinosawError(
-            f"cannot read checkpoint {path}: not a PyTorch state dict of tensors ({type(exc).__name__}; "
-            "files are read with weights_only=True, which refuses pickled objects)"
-        ) from None
-    state = normalize_state_dict(raw)
+    state = normalize_state_dict(read_checkpoint_file(path))
     config = infer_config(state, {k: arch_given[k] for k in AlibiDv2Config.__dataclass_fields__ if k in arch_given})
     model = AlibiDv2(config)
     expected = set(model.state_dict())

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from dinosaw_deploy.errors import DinosawError
 
-from ..checkpoint import infer_config, normalize_state_dict, resolve_checkpoint
+from ..checkpoint import infer_config, normalize_state_dict, read_checkpoint_file, resolve_checkpoint
 from ..model import AlibiDv2, AlibiDv2Config, PatchEmbed
 
 POS_KEY = "patch_embed.pos_embed"
@@ -92,10 +92,7 @@ def split_pos_embed(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
 def load_teacher(spec: str | os.PathLike, num_heads: int | None = None) -> DinoV2Teacher:
     """Read a DINOv2 checkpoint (local path or ``hf://OWNER/REPO/FILE``) into a frozen teacher."""
     path: Path = resolve_checkpoint(spec)
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle/zip errors, or objects refused by weights_only
-        raise DinosawError(f"cannot read teacher checkpoint {path}: {type(exc).__name__}: {exc}") from None
+    raw = read_checkpoint_file(path)
     if not isinstance(raw, dict):
         raise DinosawError(f"teacher checkpoint {path} is not a state dict")
     state, pos_embed = split_pos_embed(raw)
