@@ -130,7 +130,7 @@ def extract_tiled(
     stat = reader.path.stat()
     image = reader.info.to_dict()
     engine = {"path": str(extractor.model_path), "sha256": file_sha256(extractor.model_path),
-              "name": extractor.manifest.get("name")}
+              "name": extractor.manifest.get("model")}
     run = {"image": {**image, "path": str(reader.path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns},
            "engine_sha256": engine["sha256"], "grid": grid.to_dict(), "dtype": dtype, "intensity_range": lo_hi}
     writer = FeatureStoreWriter(
