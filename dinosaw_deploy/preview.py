@@ -13,6 +13,7 @@ import numpy as np
 
 from .atomic import atomic_write_bytes
 from .feature_store import CHUNK, FeatureStore
+from .vit_features import fit_pca
 
 MAX_SIDE = 1024
 SAMPLE_CHUNKS = 8
@@ -22,15 +23,6 @@ def preview_path(output: str | os.PathLike) -> Path:
     """``feats.zarr`` -> ``feats.preview.png``."""
     output = Path(output)
     return output.with_name(output.stem + ".preview.png")
-
-
-def fit_pca(tokens: np.ndarray, components: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """(mean (C,), components (k, C)) of (N, C) tokens, from the (C, C) covariance (cheap for N >> C)."""
-    tokens = np.ascontiguousarray(tokens, dtype=np.float64)
-    mean = tokens.mean(0)
-    centred = tokens - mean
-    _, vectors = np.linalg.eigh(centred.T @ centred)  # eigenvalues ascending
-    return mean.astype(np.float32), vectors[:, ::-1][:, :components].T.astype(np.float32)
 
 
 def _token_sample(store: FeatureStore, rng: np.random.Generator) -> np.ndarray:

@@ -57,6 +57,15 @@ def sample_tokens(grid: PatchGrid, max_tokens: int = SAMPLE_TOKENS, seed: int = 
     )
 
 
+def fit_pca(tokens: np.ndarray, components: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """(mean (C,), components (k, C)) of (N, C) tokens, from the (C, C) covariance (cheap for N >> C)."""
+    tokens = np.ascontiguousarray(tokens, dtype=np.float64)
+    mean = tokens.mean(0)
+    centred = tokens - mean
+    _, vectors = np.linalg.eigh(centred.T @ centred)  # eigenvalues ascending
+    return mean.astype(np.float32), vectors[:, ::-1][:, :components].T.astype(np.float32)
+
+
 @dataclass
 class PcaFeatures:
     """Fitted scaler + PCA + min-max; :meth:`region` gives per-pixel channels of a box."""
@@ -78,8 +87,7 @@ class PcaFeatures:
         scale[scale == 0] = 1.0
         standard = (tokens - mean) / scale
         k = min(n_components, *standard.shape)
-        _, _, vt = np.linalg.svd(standard, full_matrices=False)
-        components = vt[:k]
+        components = fit_pca(standard, k)[1].astype(np.float64)
         projected = standard @ components.T
         lo, hi = projected.min(axis=0), projected.max(axis=0)
         hi = np.where(hi > lo, hi, lo + 1.0)
