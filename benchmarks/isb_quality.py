@@ -23,11 +23,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def miou(pred: np.ndarray, truth: np.ndarray) -> float:
-    classes = np.unique(truth)
-    return float(np.mean([((pred == k) & (truth == k)).sum() / ((pred == k) | (truth == k)).sum() for k in classes]))
-
-
 def tiny_engine(out: Path) -> Path:
     from dinosaw_deploy.export.build import run_export
 
@@ -50,7 +45,7 @@ def main() -> None:
     from dinosaw_deploy.contrast import ClaheConfig
     from dinosaw_deploy.extractor import FeatureExtractor
     from dinosaw_deploy.imageio import read_image
-    from dinosaw_deploy.labels import load_scribbles, scribbles_from_array
+    from dinosaw_deploy.labels import class_iou, load_scribbles, scribbles_from_array
     from dinosaw_deploy.segmenter import Segmenter
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -67,7 +62,7 @@ def main() -> None:
     def report(name: str, make) -> None:
         start = time.perf_counter()
         pred = make()
-        print(f"  {name:48s} mIoU {miou(pred, truth):.4f}   ({time.perf_counter() - start:.1f} s)")
+        print(f"  {name:48s} mIoU {class_iou(pred, truth).mean():.4f}   ({time.perf_counter() - start:.1f} s)")
 
     classical = Segmenter().fit(image, scribbles)
     report("classical (58 ch) + XGBoost", lambda: classical.predict(image))

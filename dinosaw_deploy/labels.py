@@ -204,3 +204,13 @@ def synthetic_scribbles(truth: np.ndarray, *, fraction: float = 0.01, seed: int 
         out.flat[flat] = c
         labelled += flat.size
     return out
+
+
+def class_iou(prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Intersection over union of each class in ``truth`` (sorted values); its mean is the mIoU."""
+    prediction, truth = np.asarray(prediction), np.asarray(truth)
+    if prediction.shape != truth.shape:
+        raise DinosawError(f"prediction {prediction.shape} and ground truth {truth.shape} differ in shape")
+    return np.array([((prediction == c) & (truth == c)).sum() / ((prediction == c) | (truth == c)).sum()
+                     for c in np.unique(truth)])
+

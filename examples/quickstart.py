@@ -19,23 +19,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import tifffile
 
 from dinosaw_deploy.export.build import run_export
-from dinosaw_deploy.labels import synthetic_scribbles
+from dinosaw_deploy.labels import class_iou, synthetic_scribbles
 from dinosaw_deploy.synthetic import CLASS_NAMES, write_synthetic_tiff
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "data" / "alibi_dv2_tiny"
-
-
-def mean_iou(prediction: np.ndarray, truth: np.ndarray) -> tuple[float, list[float]]:
-    ious = []
-    for c in np.unique(truth):
-        union = np.logical_or(prediction == c, truth == c).sum()
-        ious.append(float(np.logical_and(prediction == c, truth == c).sum() / union))
-    return float(np.mean(ious)), ious
 
 
 def main() -> None:
@@ -68,9 +59,9 @@ def main() -> None:
     print("3. dinosaw-deploy " + " ".join(command))
     subprocess.run([sys.executable, "-m", "dinosaw_deploy.cli", *command], check=True)
 
-    score, ious = mean_iou(tifffile.imread(output), truth)
+    ious = class_iou(tifffile.imread(output), truth)
     per_class = ", ".join(f"{name} {iou:.3f}" for name, iou in zip(CLASS_NAMES, ious))
-    print(f"   mIoU vs ground truth: {score:.3f} ({per_class}); preview: {output.with_suffix('').with_suffix('')}.preview.png")
+    print(f"   mIoU vs ground truth: {ious.mean():.3f} ({per_class}); preview: {output.with_suffix('').with_suffix('')}.preview.png")
 
 
 if __name__ == "__main__":

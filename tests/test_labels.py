@@ -84,3 +84,12 @@ def test_synthetic_scribbles_follow_the_truth():
     assert 0.015 < labelled.mean() < 0.03
     assert (labels[labelled] == truth[labelled]).all()
     assert set(np.unique(labels[labelled])) == {1, 2, 3}
+
+
+def test_class_iou():
+    from dinosaw_deploy.labels import class_iou
+
+    truth = np.array([[1, 1, 2, 2]])
+    np.testing.assert_allclose(class_iou(np.array([[1, 2, 2, 2]]), truth), [1 / 2, 2 / 3])
+    with pytest.raises(DinosawError, match="shape"):
+        class_iou(np.zeros((2, 2)), truth)
