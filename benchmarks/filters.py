@@ -28,8 +28,9 @@ def _image(size: int) -> np.ndarray:
 
 
 def run_ours(size: int, threads: int, tile: int) -> dict:
-    from dinosaw_deploy.filters import FilterBank
-    from dinosaw_deploy.segmenter import map_ordered, tile_boxes
+    from dinosaw_deploy.segment.filters import FilterBank
+    from dinosaw_deploy.tiling.grid import tile_boxes
+    from dinosaw_deploy.tiling.parallel import map_ordered
 
     image = _image(size)
     bank = FilterBank()

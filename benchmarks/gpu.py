@@ -26,14 +26,14 @@ import numpy as np
 import torch
 from vit_cpu import golden_like_weights
 
-from dinosaw_deploy.backends.ort import OrtBackend
-from dinosaw_deploy.bias import BiasConfig, attention_bias
+from dinosaw_deploy.engine.backends.ort import OrtBackend
+from dinosaw_deploy.engine.bias import BiasConfig, attention_bias
+from dinosaw_deploy.engine.preprocess import preprocess
 from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.export.build import artifact_metadata
 from dinosaw_deploy.export.checkpoint import LoadedCheckpoint
 from dinosaw_deploy.export.model import AlibiDv2, AlibiDv2Config
 from dinosaw_deploy.export.onnx_export import export_onnx, token_cosine
-from dinosaw_deploy.preprocess import preprocess
 from dinosaw_deploy.synthetic import render_region
 
 
@@ -127,7 +127,7 @@ def main() -> None:
     rows: list[Row] = []
 
     def trt_rows(batch: int, x: torch.Tensor) -> None:
-        from dinosaw_deploy.backends.tensorrt import TensorRTBackend
+        from dinosaw_deploy.engine.backends.tensorrt import TensorRTBackend
 
         for precision, plan in plans.items():
             backend = TensorRTBackend(plan)
@@ -196,7 +196,7 @@ def main() -> None:
 
 def accuracy_report(model, compiled, plans, onnx16, onnx32, args, bias_np, dev, amp) -> dict[str, tuple[float, float]]:
     """{engine: (min, mean) per-token cosine vs PyTorch fp32} on synthetic tiles + a flat tile."""
-    from dinosaw_deploy.backends.tensorrt import TensorRTBackend
+    from dinosaw_deploy.engine.backends.tensorrt import TensorRTBackend
 
     pixels = synthetic_tiles(7, args.tile)
     x = torch.from_numpy(pixels).to(dev)

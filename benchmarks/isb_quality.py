@@ -42,11 +42,11 @@ def skimage_baseline(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    from dinosaw_deploy.contrast import ClaheConfig
-    from dinosaw_deploy.extractor import FeatureExtractor
-    from dinosaw_deploy.imageio import read_image
-    from dinosaw_deploy.labels import class_iou, load_scribbles, scribbles_from_array
-    from dinosaw_deploy.segmenter import Segmenter
+    from dinosaw_deploy.engine.extractor import FeatureExtractor
+    from dinosaw_deploy.image.reader import read_image
+    from dinosaw_deploy.segment.contrast import ClaheConfig
+    from dinosaw_deploy.segment.labels import class_iou, load_scribbles, scribbles_from_array
+    from dinosaw_deploy.segment.segmenter import Segmenter
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "isb")

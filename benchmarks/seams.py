@@ -8,7 +8,7 @@ boundaries, particles, pores, noise, left-to-right brightness gradient; not peri
 tiled pipeline once per merge:overlap configuration (stores in the default float16), then reports
 
 * seam ratio: mean L2 difference of 4-neighbour tokens straddling a seam / the same for all other
-  neighbour pairs (1.0 = invisible), from the store (:func:`dinosaw_deploy.seams.seam_stats`);
+  neighbour pairs (1.0 = invisible), from the store (:func:`dinosaw_deploy.tiling.seams.seam_stats`);
 * centre agreement: cosine between stitched tokens and the same tokens computed at the centre of a
   tile of their own, for uniformly sampled tokens and for tokens next to a seam.
 
@@ -23,12 +23,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from dinosaw_deploy.extractor import FeatureExtractor
-from dinosaw_deploy.feature_store import FeatureStore
-from dinosaw_deploy.pipeline import extract_tiled
-from dinosaw_deploy.reader import open_image
-from dinosaw_deploy.seams import center_agreement, seam_stats
+from dinosaw_deploy.engine.extractor import FeatureExtractor
+from dinosaw_deploy.image.reader import open_image
 from dinosaw_deploy.synthetic import write_synthetic_tiff
+from dinosaw_deploy.tiling.pipeline import extract_tiled
+from dinosaw_deploy.tiling.seams import center_agreement, seam_stats
+from dinosaw_deploy.tiling.store import FeatureStore
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "data" / "alibi_dv2_tiny"

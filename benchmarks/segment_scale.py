@@ -45,7 +45,7 @@ def _write_tiled(path: Path, side: int, source) -> None:
 
 def make_inputs(root: Path, megapixels: int) -> tuple[Path, Path]:
     """scan.tif and scribbles.tif for a square image of about ``megapixels`` Mpx (side multiple of 2048)."""
-    from dinosaw_deploy.labels import synthetic_scribbles
+    from dinosaw_deploy.synthetic import synthetic_scribbles
 
     side = max(BLOCK, int(round(np.sqrt(megapixels * 1e6) / BLOCK)) * BLOCK)
     scan, labels = root / f"scan_{megapixels}.tif", root / f"scribbles_{megapixels}.tif"

@@ -19,7 +19,7 @@ import onnxruntime as ort
 import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from dinosaw_deploy.bias import BiasConfig, attention_bias
+from dinosaw_deploy.engine.bias import BiasConfig, attention_bias
 from dinosaw_deploy.export.model import AlibiDv2, AlibiDv2Config
 from dinosaw_deploy.export.onnx_export import export_onnx, token_cosine
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path
+from dinosaw_deploy.files import atomic_path
 
 CELL = 96  # px per jitter cell: one grain seed, maybe one particle, maybe one pore
 CLASS_NAMES = ("matrix", "particle", "pore")
@@ -138,3 +138,33 @@ def write_synthetic_tiff(
                 photometric="minisblack",
             )
     return path
+
+
+def synthetic_scribbles(truth: np.ndarray, *, fraction: float = 0.01, seed: int = 0, width: int = 3) -> np.ndarray:
+    """Scribble-like labels from a ground-truth class image (0 = no class): straight strokes of
+    24 x ``width`` px at random places and angles, kept inside their class (eroded by ``width``),
+    until about ``fraction`` of the pixels are labelled. For tests and benchmarks."""
+    from scipy import ndimage
+
+    truth = np.asarray(truth)
+    rng = np.random.default_rng(seed)
+    out = np.zeros(truth.shape, np.uint8)
+    classes = [int(c) for c in np.unique(truth) if c != 0]
+    inner = {c: np.flatnonzero(ndimage.binary_erosion(truth == c, iterations=width)) for c in classes}
+    classes = [c for c in classes if inner[c].size]
+    steps = np.arange(-12, 12)
+    offsets = np.arange(width) - width // 2
+    labelled, target = 0, fraction * truth.size
+    while classes and labelled < target:
+        c = classes[rng.integers(len(classes))]
+        y, x = np.unravel_index(inner[c][rng.integers(inner[c].size)], truth.shape)
+        angle = rng.uniform(0, np.pi)
+        yy = (y + np.rint(steps * np.sin(angle)).astype(int))[:, None] + offsets[None, :]
+        xx = (x + np.rint(steps * np.cos(angle)).astype(int))[:, None] + offsets[None, :]
+        yy, xx = np.broadcast_arrays(yy[:, :, None], xx[:, None, :])
+        ok = (yy >= 0) & (yy < truth.shape[0]) & (xx >= 0) & (xx < truth.shape[1])
+        flat = np.unique(yy[ok] * truth.shape[1] + xx[ok])
+        flat = flat[(truth.flat[flat] == c) & (out.flat[flat] == 0)]
+        out.flat[flat] = c
+        labelled += flat.size
+    return out

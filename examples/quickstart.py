@@ -5,7 +5,7 @@
 1. writes a synthetic micrograph (grains, particles, pores, brightness gradient, noise) as a tiled
    TIFF, its ground truth, and scribbles drawn on ~1 % of the pixels;
 2. exports ALiBi-Dv2 to a verified ONNX engine;
-3. runs ``dinosaw-deploy segment`` (classical filter bank + ViT features + XGBoost) into a
+3. runs the segment job (:func:`dinosaw_deploy.segment_scan`, what ``dinosaw-deploy segment`` calls: classical filter bank + ViT features + XGBoost) into a
    pyramidal OME-TIFF with a preview PNG, and scores it against the ground truth.
 
 Without --checkpoint the engine is the tiny random-weight golden model shipped in tests/data (the
@@ -15,15 +15,15 @@ no meaning, so expect no gain over classical features.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
 import tifffile
 
+from dinosaw_deploy import DinosawError, FeatureExtractor, segment_scan
 from dinosaw_deploy.export.build import run_export
-from dinosaw_deploy.labels import class_iou, synthetic_scribbles
-from dinosaw_deploy.synthetic import CLASS_NAMES, write_synthetic_tiff
+from dinosaw_deploy.segment.labels import class_iou
+from dinosaw_deploy.synthetic import CLASS_NAMES, synthetic_scribbles, write_synthetic_tiff
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "data" / "alibi_dv2_tiny"
@@ -54,10 +54,9 @@ def main() -> None:
     print(f"2. exported {engine.name}, verified against PyTorch")
 
     output = args.out / "sample_segmentation.ome.tif"
-    command = ["segment", str(scan), "--labels", str(scribbles), "--engine", str(engine),
-               "-o", str(output), "--save-model", str(args.out / "sample_model.dsw"), "--overwrite"]
-    print("3. dinosaw-deploy " + " ".join(command))
-    subprocess.run([sys.executable, "-m", "dinosaw_deploy.cli", *command], check=True)
+    print(f"3. segment_scan({scan.name}, {scribbles.name}) -- what `dinosaw-deploy segment` runs")
+    segment_scan(scan, scribbles, output, extractor=FeatureExtractor(engine), save_model=args.out / "sample_model.dsw",
+                 overwrite=True, echo=lambda line: print("   " + line))
 
     ious = class_iou(tifffile.imread(output), truth)
     per_class = ", ".join(f"{name} {iou:.3f}" for name, iou in zip(CLASS_NAMES, ious))
@@ -67,5 +66,5 @@ def main() -> None:
 if __name__ == "__main__":
     try:
         main()
-    except subprocess.CalledProcessError as exc:
-        sys.exit(exc.returncode)
+    except DinosawError as exc:
+        sys.exit(f"Error: {exc}")

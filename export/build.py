@@ -8,12 +8,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import dinosaw_deploy
-from dinosaw_deploy.atomic import atomic_path
+from dinosaw_deploy._version import __version__
+from dinosaw_deploy.engine.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAMES, OUTPUT_NAME
+from dinosaw_deploy.engine.manifest import write_manifest
 from dinosaw_deploy.errors import DinosawError
-from dinosaw_deploy.extractor import INPUT_NAMES, OUTPUT_NAME
-from dinosaw_deploy.manifest import file_sha256, write_manifest
-from dinosaw_deploy.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from dinosaw_deploy.files import atomic_path, file_sha256
 
 from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .onnx_export import OPSET, export_onnx, verify_onnx
@@ -56,7 +55,7 @@ def artifact_metadata(loaded: LoadedCheckpoint, name: str, precision: str) -> di
         },
         "opset": OPSET,
         "checkpoint": {"source": loaded.source, "sha256": loaded.sha256},
-        "package_version": dinosaw_deploy.__version__,
+        "package_version": __version__,
         "exporter": {"torch": torch.__version__, "onnx": onnx.__version__},
     }
 

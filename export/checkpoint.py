@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from dinosaw_deploy.bias import BiasConfig
+from dinosaw_deploy.engine.bias import BiasConfig
 from dinosaw_deploy.errors import DinosawError
-from dinosaw_deploy.manifest import file_sha256
+from dinosaw_deploy.files import file_sha256
 
 from .model import AlibiDv2, AlibiDv2Config
 

@@ -1,5 +1,5 @@
 """ALiBi-Dv2 in PyTorch: a DINOv2 ViT with registers, no positional embedding, and an
-attention bias passed in by the caller (built by :func:`dinosaw_deploy.bias.attention_bias`).
+attention bias passed in by the caller (built by :func:`dinosaw_deploy.engine.bias.attention_bias`).
 
 Parameter names follow timm's ``VisionTransformer`` so released checkpoints load unchanged.
 Linear and conv layers run in their weights' dtype while LayerNorm, the softmax and the residual

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from dinosaw_deploy.bias import BiasConfig, attention_bias
+from dinosaw_deploy.engine.bias import BiasConfig, attention_bias
+from dinosaw_deploy.engine.contract import INPUT_NAMES, OUTPUT_NAME
+from dinosaw_deploy.engine.manifest import METADATA_KEY, manifest_json
 from dinosaw_deploy.errors import DinosawError
-from dinosaw_deploy.extractor import INPUT_NAMES, OUTPUT_NAME
-from dinosaw_deploy.manifest import METADATA_KEY, manifest_json
 
 from .model import AlibiDv2, to_mixed_precision
 

@@ -28,21 +28,21 @@ from typing import Any
 
 import numpy as np
 
-from dinosaw_deploy.atomic import atomic_path, atomic_write_bytes
-from dinosaw_deploy.backends.cuda import CudaRuntime
-from dinosaw_deploy.backends.ort import OrtBackend
-from dinosaw_deploy.backends.profile import TileProfile, make_profile
-from dinosaw_deploy.backends.tensorrt import TensorRTBackend, import_tensorrt
-from dinosaw_deploy.bias import BiasConfig, attention_bias
-from dinosaw_deploy.errors import DinosawError
-from dinosaw_deploy.manifest import file_sha256, write_manifest
-from dinosaw_deploy.plan_manifest import (
+from dinosaw_deploy.engine.backends.cuda import CudaRuntime
+from dinosaw_deploy.engine.backends.ort import OrtBackend
+from dinosaw_deploy.engine.backends.plan_manifest import (
     MachineInfo,
     plan_manifest,
     plan_path_for,
     timing_cache_path,
     version_tuple,
 )
+from dinosaw_deploy.engine.backends.profile import TileProfile, make_profile
+from dinosaw_deploy.engine.backends.tensorrt import TensorRTBackend, import_tensorrt
+from dinosaw_deploy.engine.bias import BiasConfig, attention_bias
+from dinosaw_deploy.engine.manifest import write_manifest
+from dinosaw_deploy.errors import DinosawError
+from dinosaw_deploy.files import atomic_path, atomic_write_bytes, file_sha256
 
 FP32_ATOL = 1e-3
 FP16_MIN_COSINE = 0.999

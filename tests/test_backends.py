@@ -10,9 +10,9 @@ import onnxruntime as ort
 import pytest
 
 from dinosaw_deploy import FeatureExtractor
-from dinosaw_deploy.backends import choose_backend
-from dinosaw_deploy.backends.ort import OrtBackend, provider_list
-from dinosaw_deploy.backends.profile import TileProfile
+from dinosaw_deploy.engine.backends import choose_backend
+from dinosaw_deploy.engine.backends.ort import OrtBackend, provider_list
+from dinosaw_deploy.engine.backends.profile import TileProfile
 from dinosaw_deploy.errors import DinosawError
 
 ALL = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]

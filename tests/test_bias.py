@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from dinosaw_deploy.bias import BiasConfig, attention_bias, distance_matrix, head_slopes
+from dinosaw_deploy.engine.bias import BiasConfig, attention_bias, distance_matrix, head_slopes
 
 from .conftest import golden_cases, golden_sets
 

@@ -7,11 +7,11 @@ import zipfile
 import numpy as np
 import pytest
 
-from dinosaw_deploy.bundle import FORMAT_VERSION, MANIFEST, Bundle, load_bundle, save_bundle
 from dinosaw_deploy.errors import DinosawError
-from dinosaw_deploy.labels import synthetic_scribbles
-from dinosaw_deploy.segmenter import ClassifierParams, Segmenter
-from dinosaw_deploy.synthetic import synthetic_micrograph
+from dinosaw_deploy.segment.bundle import FORMAT_VERSION, MANIFEST, Bundle, load_bundle, save_bundle
+from dinosaw_deploy.segment.classifier import ClassifierParams
+from dinosaw_deploy.segment.segmenter import Segmenter
+from dinosaw_deploy.synthetic import synthetic_micrograph, synthetic_scribbles
 
 
 @pytest.fixture(scope="module")

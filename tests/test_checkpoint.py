@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dinosaw_deploy.bias import attention_bias  # noqa: E402
+from dinosaw_deploy.engine.bias import attention_bias  # noqa: E402
 from dinosaw_deploy.errors import DinosawError  # noqa: E402
 from dinosaw_deploy.export.checkpoint import load_checkpoint, normalize_state_dict, resolve_checkpoint  # noqa: E402
 

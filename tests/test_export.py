@@ -7,9 +7,10 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from dinosaw_deploy.bias import attention_bias  # noqa: E402
+from dinosaw_deploy.engine.bias import attention_bias  # noqa: E402
+from dinosaw_deploy.engine.manifest import METADATA_KEY, read_manifest  # noqa: E402
 from dinosaw_deploy.errors import DinosawError  # noqa: E402
-from dinosaw_deploy.manifest import METADATA_KEY, file_sha256, read_manifest  # noqa: E402
+from dinosaw_deploy.files import file_sha256  # noqa: E402
 
 from .conftest import TINY, golden_cases, golden_sets  # noqa: E402
 

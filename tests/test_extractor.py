@@ -6,15 +6,18 @@ import numpy as np
 import pytest
 
 from dinosaw_deploy import FeatureExtractor
+from dinosaw_deploy.engine.contract import IMAGENET_MEAN, IMAGENET_STD
+from dinosaw_deploy.engine.preprocess import preprocess
 from dinosaw_deploy.errors import DinosawError
-from dinosaw_deploy.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess, scale_intensity, to_channels_last
+from dinosaw_deploy.image.intensity import scale_intensity
+from dinosaw_deploy.image.reader import to_channels_last
 
 from .conftest import TINY, golden_cases
 
 
 def test_runtime_never_imports_torch():
     code = (
-        "import sys, dinosaw_deploy, dinosaw_deploy.cli, dinosaw_deploy.extractor\n"
+        "import sys, dinosaw_deploy, dinosaw_deploy.cli, dinosaw_deploy.engine.extractor\n"
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

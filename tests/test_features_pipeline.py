@@ -10,12 +10,12 @@ import tifffile
 from click.testing import CliRunner
 
 from dinosaw_deploy.cli import main
+from dinosaw_deploy.engine.extractor import FeatureExtractor
 from dinosaw_deploy.errors import DinosawError
-from dinosaw_deploy.extractor import FeatureExtractor
-from dinosaw_deploy.feature_store import FeatureStore, partial_path
-from dinosaw_deploy.pipeline import extract_tiled, tile_input
-from dinosaw_deploy.reader import open_image
+from dinosaw_deploy.image.reader import open_image
 from dinosaw_deploy.synthetic import synthetic_micrograph
+from dinosaw_deploy.tiling.pipeline import extract_tiled, tile_input
+from dinosaw_deploy.tiling.store import FeatureStore, partial_path
 
 SMALL_TILES = {"tile": 112, "overlap": 2}  # 8x8-patch tiles keep the tiny engine fast
 
@@ -168,7 +168,7 @@ def test_vendor_pixel_size_reaches_every_output(tiny_engine, tmp_path):
 def test_preview_is_a_pca_picture(tiny_engine, tall_tiff, tmp_path):
     import imagecodecs
 
-    from dinosaw_deploy.preview import render_preview
+    from dinosaw_deploy.tiling.preview import render_preview
 
     out = tmp_path / "f.zarr"
     assert invoke("features", tall_tiff, "--engine", tiny_engine, "-o", out, "--tile", "112").exit_code == 0

@@ -6,7 +6,7 @@ import pytest
 from scipy import ndimage
 
 from dinosaw_deploy.errors import DinosawError
-from dinosaw_deploy.filters import FilterBank, FilterBankConfig, membrane_taps, mirror_indices, padded_region
+from dinosaw_deploy.segment.filters import FilterBank, FilterBankConfig, membrane_taps, mirror_indices, padded_region
 from dinosaw_deploy.synthetic import synthetic_micrograph
 
 

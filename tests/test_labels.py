@@ -7,8 +7,8 @@ import pytest
 import tifffile
 
 from dinosaw_deploy.errors import DinosawError
-from dinosaw_deploy.labels import load_scribbles, scribbles_from_array, synthetic_scribbles
-from dinosaw_deploy.synthetic import synthetic_micrograph
+from dinosaw_deploy.segment.labels import load_scribbles, scribbles_from_array
+from dinosaw_deploy.synthetic import synthetic_micrograph, synthetic_scribbles
 
 
 def _grey(values=(85, 170, 255), shape=(20, 30)) -> np.ndarray:
@@ -87,7 +87,7 @@ def test_synthetic_scribbles_follow_the_truth():
 
 
 def test_class_iou():
-    from dinosaw_deploy.labels import class_iou
+    from dinosaw_deploy.segment.labels import class_iou
 
     truth = np.array([[1, 1, 2, 2]])
     np.testing.assert_allclose(class_iou(np.array([[1, 2, 2, 2]]), truth), [1 / 2, 2 / 3])

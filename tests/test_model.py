@@ -4,7 +4,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dinosaw_deploy.bias import attention_bias  # noqa: E402
+from dinosaw_deploy.engine.bias import attention_bias  # noqa: E402
 from dinosaw_deploy.export.checkpoint import load_checkpoint  # noqa: E402
 from dinosaw_deploy.export.model import AlibiDv2, AlibiDv2Config, count_parameters  # noqa: E402
 

@@ -6,9 +6,10 @@ import pytest
 from click.testing import CliRunner
 
 from dinosaw_deploy.cli import main
+from dinosaw_deploy.engine.extractor import FeatureExtractor
 from dinosaw_deploy.errors import DinosawError
-from dinosaw_deploy.extractor import FeatureExtractor
-from dinosaw_deploy.probe import RAMPS, probe_features, ramp_targets, roll_check, summarize
+from dinosaw_deploy.probe.positional import RAMPS, probe_features, ramp_targets, summarize
+from dinosaw_deploy.probe.roll import roll_check
 
 from .conftest import TINY
 
@@ -178,8 +179,8 @@ def stitched_local_ramps(grid):
 
 
 def test_tile_local_ramps_find_a_per_tile_signal():
-    from dinosaw_deploy.probe import tile_local_positions
-    from dinosaw_deploy.tiling import TileGrid
+    from dinosaw_deploy.probe.positional import tile_local_positions
+    from dinosaw_deploy.tiling.grid import TileGrid
 
     grid = TileGrid.for_image(1400, 1200, tile=518, overlap=4, window="central")  # 100 x 85 patches, 3 x 3 tiles
     local_x, local_y = stitched_local_ramps(grid)
@@ -195,9 +196,9 @@ def test_cli_tiles_on_stitched_alibi_features(tiny_engine, tmp_path):
     """Default tiling of a homogeneous micrograph must not create a per-tile positional signal."""
     import tifffile
 
-    from dinosaw_deploy.pipeline import extract_tiled
-    from dinosaw_deploy.reader import open_image
+    from dinosaw_deploy.image.reader import open_image
     from dinosaw_deploy.synthetic import synthetic_micrograph
+    from dinosaw_deploy.tiling.pipeline import extract_tiled
 
     tifffile.imwrite(tmp_path / "scan.tif", synthetic_micrograph(1100, 1100, seed=5)[0])
     with open_image(tmp_path / "scan.tif") as reader:

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from dinosaw_deploy import intensity
+from dinosaw_deploy.image import intensity
 from dinosaw_deploy.errors import DinosawError
-from dinosaw_deploy.intensity import fit_intensity_range
-from dinosaw_deploy.preprocess import scale_intensity
-from dinosaw_deploy.reader import open_image
+from dinosaw_deploy.image.intensity import fit_intensity_range, scale_intensity
+from dinosaw_deploy.image.reader import open_image
 
 RNG = np.random.default_rng(7)
 GRAY = RNG.integers(0, 256, (300, 410), dtype=np.uint8)
@@ -182,7 +181,7 @@ def test_intensity_sample_of_a_large_image_is_deterministic(tmp_path, monkeypatc
 
 def test_ome_physical_size_is_read(tmp_path):
     """Pixel size from OME-XML (our own segmentation output), so `apply` on it keeps the scale."""
-    from dinosaw_deploy.ome_writer import write_ome_pyramid
+    from dinosaw_deploy.image.ome_writer import write_ome_pyramid
 
     path = tmp_path / "seg.ome.tif"
     write_ome_pyramid(path, np.ones((600, 700), np.uint8), pixel_size=(2e-9, 3e-9))

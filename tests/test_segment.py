@@ -8,11 +8,14 @@ import pytest
 import tifffile
 
 from dinosaw_deploy.errors import DinosawError
-from dinosaw_deploy.labels import scribbles_from_array, synthetic_scribbles
-from dinosaw_deploy.ome_writer import pyramid_factors, write_ome_pyramid
-from dinosaw_deploy.segmenter import ClassifierParams, Segmenter, modal_filter
-from dinosaw_deploy.synthetic import synthetic_micrograph
-from dinosaw_deploy.vit_features import ArrayGrid, PcaFeatures
+from dinosaw_deploy.image.ome_writer import pyramid_factors, write_ome_pyramid
+from dinosaw_deploy.segment.classifier import ClassifierParams
+from dinosaw_deploy.segment.labels import scribbles_from_array
+from dinosaw_deploy.segment.postprocess import modal_filter
+from dinosaw_deploy.segment.segmenter import Segmenter
+from dinosaw_deploy.segment.vit_channels import PcaFeatures
+from dinosaw_deploy.synthetic import synthetic_micrograph, synthetic_scribbles
+from dinosaw_deploy.tiling.store import ArrayGrid
 
 
 def balanced_accuracy(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -90,7 +93,7 @@ def test_vit_upsampling_is_seam_free():
 
 
 def test_vit_segmenter_with_tiny_engine(data, tiny_engine, tmp_path):
-    from dinosaw_deploy.extractor import FeatureExtractor
+    from dinosaw_deploy.engine.extractor import FeatureExtractor
 
     image, truth, labels = data
     fx = FeatureExtractor(tiny_engine)
@@ -144,14 +147,14 @@ def test_segmenter_is_a_lazy_package_attribute():
     import subprocess
     import sys
 
-    code = ("import sys, dinosaw_deploy; assert 'dinosaw_deploy.segmenter' not in sys.modules; "
-            "from dinosaw_deploy import Segmenter; assert Segmenter.__module__ == 'dinosaw_deploy.segmenter'; "
+    code = ("import sys, dinosaw_deploy; assert 'dinosaw_deploy.segment.segmenter' not in sys.modules; "
+            "from dinosaw_deploy import Segmenter; assert Segmenter.__module__ == 'dinosaw_deploy.segment.segmenter'; "
             "assert 'xgboost' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_clahe_tiles_exactly_and_evens_out_illumination(data, tmp_path):
-    from dinosaw_deploy.contrast import Clahe, ClaheConfig
+    from dinosaw_deploy.segment.contrast import Clahe, ClaheConfig
 
     image = data[0].astype(np.float32) / 255
     lit = np.clip(image * np.linspace(0.4, 1.0, image.shape[1])[None, :], 0, 1).astype(np.float32)
@@ -173,7 +176,7 @@ def test_clahe_tiles_exactly_and_evens_out_illumination(data, tmp_path):
 
 
 def test_dense_crf_cleans_isolated_noise_or_says_which_extra():
-    from dinosaw_deploy.segmenter import dense_crf
+    from dinosaw_deploy.segment.postprocess import dense_crf
 
     probs = np.full((2, 40, 40), 0.3, np.float32)
     probs[0, :, :20] = probs[1, :, 20:] = 0.7
@@ -192,7 +195,7 @@ def test_dense_crf_cleans_isolated_noise_or_says_which_extra():
 
 def test_many_classes_shrink_the_training_sample(monkeypatch):
     """A dense label image with many classes keeps pixels x classes bounded (XGBoost's gradients)."""
-    from dinosaw_deploy import labels, segmenter
+    from dinosaw_deploy.segment import labels, segmenter
 
     monkeypatch.setattr(segmenter, "MAX_PIXEL_CLASS_PAIRS", 20 * 20 * 30)
     kept = []

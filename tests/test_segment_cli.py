@@ -8,9 +8,8 @@ import tifffile
 from click.testing import CliRunner
 
 from dinosaw_deploy.cli import main
-from dinosaw_deploy.labels import synthetic_scribbles
-from dinosaw_deploy.segmenter import Segmenter
-from dinosaw_deploy.synthetic import synthetic_micrograph
+from dinosaw_deploy.segment.segmenter import Segmenter
+from dinosaw_deploy.synthetic import synthetic_micrograph, synthetic_scribbles
 
 FEI = "[Scan]\nPixelWidth=2.5e-09\nPixelHeight=2.5e-09\n"
 FAST = ["--no-vit", "--rounds", "5", "--threads", "2"]

@@ -18,13 +18,14 @@ import numpy as np
 import pytest
 
 from dinosaw_deploy import FeatureExtractor, __version__
-from dinosaw_deploy.backends import cuda as cuda_module
-from dinosaw_deploy.backends import tensorrt as trt_backend_module
-from dinosaw_deploy.backends.profile import TileProfile, make_profile
-from dinosaw_deploy.backends.tensorrt import TensorRTBackend
+from dinosaw_deploy.engine.backends import cuda as cuda_module
+from dinosaw_deploy.engine.backends import tensorrt as trt_backend_module
+from dinosaw_deploy.engine.backends.plan_manifest import MachineInfo, StaleEngineError, check_plan, plan_path_for
+from dinosaw_deploy.engine.backends.profile import TileProfile, make_profile
+from dinosaw_deploy.engine.backends.tensorrt import TensorRTBackend
+from dinosaw_deploy.engine.manifest import read_manifest, write_manifest
 from dinosaw_deploy.errors import DinosawError
-from dinosaw_deploy.manifest import file_sha256, read_manifest, write_manifest
-from dinosaw_deploy.plan_manifest import MachineInfo, StaleEngineError, check_plan, plan_path_for
+from dinosaw_deploy.files import file_sha256
 
 from .conftest import DEPTH2, TINY, golden_cases
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from dinosaw_deploy.errors import DinosawError
-from dinosaw_deploy.seams import seam_stats
-from dinosaw_deploy.tiling import RowMerger, TileGrid
+from dinosaw_deploy.tiling.grid import RowMerger, TileGrid
+from dinosaw_deploy.tiling.seams import seam_stats
 
 
 @pytest.mark.parametrize("height, width, tile, overlap", [

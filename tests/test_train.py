@@ -11,8 +11,9 @@ import tifffile  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
-from dinosaw_deploy.bias import BiasConfig, attention_bias  # noqa: E402
 from dinosaw_deploy.cli import main  # noqa: E402
+from dinosaw_deploy.engine.bias import BiasConfig, attention_bias  # noqa: E402
+from dinosaw_deploy.engine.contract import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from dinosaw_deploy.errors import DinosawError  # noqa: E402
 from dinosaw_deploy.export.build import run_export  # noqa: E402
 from dinosaw_deploy.export.checkpoint import load_checkpoint  # noqa: E402
@@ -21,7 +22,6 @@ from dinosaw_deploy.export.train import load_teacher, student_from_teacher, trai
 from dinosaw_deploy.export.train.data import ImageFolder, find_images, load_training_image  # noqa: E402
 from dinosaw_deploy.export.train.recipe import load_recipe, recipe_from_dict  # noqa: E402
 from dinosaw_deploy.export.train.targets import TargetCache, cosine_loss, distill_targets  # noqa: E402
-from dinosaw_deploy.preprocess import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from dinosaw_deploy.synthetic import synthetic_micrograph  # noqa: E402
 
 from .conftest import TINY  # noqa: E402

@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from dinosaw_deploy.engine.preprocess import preprocess
 from dinosaw_deploy.errors import DinosawError
-from dinosaw_deploy.imageio import read_image
-from dinosaw_deploy.preprocess import preprocess, scale_intensity, to_channels_last
+from dinosaw_deploy.image.intensity import scale_intensity
+from dinosaw_deploy.image.reader import read_image, to_channels_last
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 

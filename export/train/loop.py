@@ -16,11 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from dinosaw_deploy.atomic import atomic_path
-from dinosaw_deploy.bias import BiasConfig, attention_bias
-from dinosaw_deploy.cli import check_output
+from dinosaw_deploy.engine.bias import BiasConfig, attention_bias
 from dinosaw_deploy.errors import DinosawError
-from dinosaw_deploy.manifest import file_sha256
+from dinosaw_deploy.files import atomic_path, check_output, file_sha256
 
 from ..checkpoint import load_checkpoint, resolve_checkpoint
 from ..model import AlibiDv2

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from dinosaw_deploy.atomic import atomic_path, atomic_write_bytes
+from dinosaw_deploy.files import atomic_path, atomic_write_bytes
 
 from .data import ImageFolder
 from .teacher import DinoV2Teacher

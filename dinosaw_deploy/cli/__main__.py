@@ -1,0 +1,3 @@
+from dinosaw_deploy.cli.main import main
+
+main()

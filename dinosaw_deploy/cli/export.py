@@ -1,0 +1,107 @@
+"""``dinosaw-deploy export`` (ONNX + TensorRT plans) and ``dinosaw-deploy info`` (an artifact's manifest)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from dinosaw_deploy.errors import DinosawError
+
+
+@click.command("export")
+@click.option("--checkpoint", default=None, metavar="PATH|hf://OWNER/REPO/FILE",
+              help="Weights (.pth). Default: the released ALiBi-Dv2 from the Hugging Face hub.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Architecture/ALiBi JSON for what tensor shapes cannot tell (e.g. num_heads).")
+@click.option("--num-heads", type=click.IntRange(min=1), default=None, help="Attention heads (default: dim / 64).")
+@click.option("--fp16", is_flag=True, help="Also write a float16-compute ONNX (*.fp16.onnx); where TensorRT is "
+              "installed, also build its plan. With --from-onnx on an fp32 ONNX: TensorRT 10's FP16 builder flag.")
+@click.option("-o", "--out-dir", type=click.Path(file_okay=False), default="engines", show_default=True)
+@click.option("--name", default="alibi_dv2_vits14", show_default=True, help="Artifact base name.")
+@click.option("--tensorrt/--no-tensorrt", "tensorrt", default=None,
+              help="Build a TensorRT plan beside the ONNX [default: with --fp16 when TensorRT is installed].")
+@click.option("--from-onnx", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Only build a plan from this exported ONNX (no checkpoint, no torch); written beside it.")
+@click.option("--tile", type=click.IntRange(min=14), default=518, show_default=True,
+              help="Plan: tile side (px) TensorRT tunes for.")
+@click.option("--min-tile", type=click.IntRange(min=14), default=None,
+              help="Plan: smallest tile side [min(224, --tile)].")
+@click.option("--max-tile", type=click.IntRange(min=14), default=None, help="Plan: largest tile side [--tile].")
+@click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True, help="Plan: largest batch.")
+@click.option("--workspace", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Plan: builder workspace limit in GiB [TensorRT's default].")
+@click.option("--opt-level", type=click.IntRange(0, 5), default=3, show_default=True,
+              help="Plan: TensorRT builder optimisation level.")
+@click.option("--hardware-compatible", is_flag=True, help="Plan: run on any Ampere or newer GPU (slower).")
+@click.option("--version-compatible", is_flag=True, help="Plan: run on later TensorRT versions too (slower).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing plan.")
+def export_command(checkpoint, config_path, num_heads, fp16, out_dir, name, tensorrt, from_onnx, tile, min_tile, max_tile,
+           max_batch, workspace, opt_level, hardware_compatible, version_compatible, overwrite) -> None:
+    """Export ALiBi-Dv2 to ONNX, verified against PyTorch; on a GPU host also build TensorRT plans."""
+    from dinosaw_deploy.engine.backends.plan_manifest import plan_path_for
+    from dinosaw_deploy.export.tensorrt import PlanOptions, build_plan, import_tensorrt, tensorrt_available
+
+    def plan_options(fp16_flag: bool) -> PlanOptions:
+        return PlanOptions(tile=tile, min_tile=min_tile, max_tile=max_tile, max_batch=max_batch,
+                           workspace_gib=workspace, opt_level=opt_level, fp16_flag=fp16_flag,
+                           hardware_compatible=hardware_compatible, version_compatible=version_compatible)
+
+    if from_onnx is not None:
+        if checkpoint or config_path or num_heads or tensorrt is False:
+            raise DinosawError("--from-onnx only builds a plan: drop --checkpoint/--config/--num-heads/--no-tensorrt")
+        build_plan(from_onnx, plan_options(fp16), overwrite=overwrite, echo=click.echo)
+        return
+    build_plans = tensorrt if tensorrt is not None else (fp16 and tensorrt_available())
+    plan_source = Path(out_dir) / (f"{name}.fp16.onnx" if fp16 else f"{name}.onnx")
+    if build_plans:  # refuse bad plan options, no TensorRT or an existing plan before the slow export
+        options = plan_options(False)
+        import_tensorrt()
+        plan_path = plan_path_for(plan_source, "fp16" if fp16 else "fp32")
+        if plan_path.exists() and not overwrite:
+            raise DinosawError(f"{plan_path} exists; pass --overwrite to rebuild it")
+    try:
+        from dinosaw_deploy.export.build import run_export
+    except ImportError as exc:
+        raise DinosawError(
+            f"export needs the build-side extra ({exc.name} is missing): pip install 'dinosaw-deploy[export]'"
+        ) from None
+    run_export(
+        checkpoint,
+        out_dir=out_dir,
+        name=name,
+        fp16=fp16,
+        config_path=config_path,
+        overrides={"num_heads": num_heads},
+        echo=click.echo,
+    )
+    if build_plans:
+        build_plan(plan_source, options, overwrite=overwrite, echo=click.echo)
+    elif fp16:
+        click.echo(f"TensorRT is not installed here, so no plan was built. On the GPU host run: "
+                   f"dinosaw-deploy export --from-onnx {plan_source}")
+
+
+@click.command("info")
+@click.argument("artifact", type=click.Path(path_type=Path))
+def info_command(artifact: Path) -> None:
+    """Print the manifest of an exported artifact (.onnx, .plan or its .json)."""
+    from dinosaw_deploy.engine.manifest import METADATA_KEY, parse_manifest, read_manifest, sidecar_path
+
+    if not artifact.exists():
+        raise DinosawError(f"not found: {artifact}")
+    if artifact.suffix == ".json" or sidecar_path(artifact).is_file():
+        record = read_manifest(artifact)
+    elif artifact.suffix == ".onnx":
+        import onnxruntime as ort
+
+        try:
+            meta = ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"]).get_modelmeta()
+        except Exception as exc:
+            raise DinosawError(f"{artifact}: not a loadable ONNX model ({exc})") from None
+        if METADATA_KEY not in meta.custom_metadata_map:
+            raise DinosawError(f"{artifact}: not exported by dinosaw-deploy (no manifest)")
+        record = parse_manifest(meta.custom_metadata_map[METADATA_KEY], str(artifact))
+    else:
+        raise DinosawError(f"{artifact}: no manifest beside it ({sidecar_path(artifact).name})")
+    click.echo(json.dumps(record, indent=2))

@@ -1,0 +1,1 @@
+"""Layer 2 — the engine: ONNX contract, ALiBi bias, preprocessing, manifests, FeatureExtractor, backends."""

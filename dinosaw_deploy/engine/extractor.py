@@ -1,0 +1,126 @@
+"""FeatureExtractor: load an exported ALiBi-Dv2 once, call it per image (no torch)."""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from dinosaw_deploy.engine.backends import Backend, open_backend
+from dinosaw_deploy.engine.bias import BiasConfig, attention_bias
+from dinosaw_deploy.engine.contract import INPUT_NAMES, OUTPUT_NAME
+from dinosaw_deploy.engine.preprocess import preprocess
+from dinosaw_deploy.errors import DinosawError
+
+__all__ = ["INPUT_NAMES", "OUTPUT_NAME", "FeatureExtractor"]
+
+
+class FeatureExtractor:
+    """ALiBi-Dv2 patch features from an exported model (``.onnx``, or a TensorRT ``.plan``).
+
+    >>> fx = FeatureExtractor("engines/alibi_dv2_vits14.onnx")
+    >>> feats = fx(image)            # (C, h, w) float32, h = H // 14, w = W // 14
+
+    Args:
+        model_path: the ``.onnx`` or ``.plan`` written by ``dinosaw-deploy export``.
+        providers: ONNX Runtime execution providers (implies the matching ORT backend).
+        batch_size: images per engine call in :meth:`run` (a plan also caps it at its profile).
+        intensity_range: fixed (lo, hi) mapped to [0, 1]; default: per-dtype rules of
+            :mod:`dinosaw_deploy.engine.preprocess`.
+        threads: CPU threads for ONNX Runtime (default: all cores).
+        backend: ``auto`` (plan -> TensorRT; onnx -> ORT TensorRT, CUDA or CPU, best present),
+            ``tensorrt``, ``ort-tensorrt``, ``ort-cuda``, ``cpu``, or an opened
+            :class:`~dinosaw_deploy.engine.backends.Backend` (e.g. ``TensorRTBackend(plan, cuda_graphs=True)``).
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        *,
+        providers: Sequence[str] | None = None,
+        batch_size: int = 8,
+        intensity_range: tuple[float, float] | None = None,
+        threads: int | None = None,
+        backend: str | Backend = "auto",
+    ) -> None:
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise DinosawError(f"model not found: {self.model_path} (run `dinosaw-deploy export` first)")
+        if batch_size < 1:
+            raise DinosawError("batch_size must be >= 1")
+        self.intensity_range = intensity_range
+        if isinstance(backend, Backend):
+            if backend.model_path.resolve() != self.model_path.resolve():
+                raise DinosawError(f"the backend runs {backend.model_path}, not {self.model_path}")
+            self.backend = backend
+        else:
+            self.backend = open_backend(self.model_path, backend, providers=providers, threads=threads)
+        self.batch_size = min(batch_size, self.backend.max_batch or batch_size)
+        self.manifest = self.backend.manifest
+        arch = self.manifest["architecture"]
+        self.embed_dim: int = int(arch["embed_dim"])
+        self.num_heads: int = int(arch["num_heads"])
+        self.patch_size: int = int(arch["patch_size"])
+        self.bias_config = BiasConfig.from_dict(self.manifest["bias"])
+        pre = self.manifest["preprocessing"]
+        self.mean = tuple(pre["mean"])
+        self.std = tuple(pre["std"])
+
+    @property
+    def providers(self) -> list[str]:
+        return self.backend.providers
+
+    @property
+    def plan(self) -> Path | None:
+        """The TensorRT plan being run, if the backend is native TensorRT."""
+        return self.model_path if self.backend.name == "tensorrt" else None
+
+    def bias(self, h: int, w: int) -> np.ndarray:
+        """The cached ``attn_bias`` input for an (h, w) patch grid."""
+        return attention_bias(h, w, self.num_heads, self.bias_config)
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """Image -> normalised (3, 14h, 14w) float32, by the model's manifest."""
+        return preprocess(
+            image,
+            patch_size=self.patch_size,
+            mean=self.mean,
+            std=self.std,
+            intensity_range=self.intensity_range,
+        )
+
+    def run(self, pixel_values: np.ndarray) -> np.ndarray:
+        """Normalised (B, 3, H, W) float32 -> features (B, C, H//14, W//14) float32, in batches.
+
+        Trailing H % 14 rows and W % 14 columns are dropped first (what the stride-14 patch
+        embedding does anyway), so every backend sees whole patches.
+        """
+        pixel_values = np.asarray(pixel_values)
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+            raise DinosawError(f"pixel_values must be (B, 3, H, W), got {pixel_values.shape}")
+        h, w = pixel_values.shape[2] // self.patch_size, pixel_values.shape[3] // self.patch_size
+        if h < 1 or w < 1:
+            raise DinosawError(f"input of {pixel_values.shape[2:]} px is smaller than one patch")
+        p = self.patch_size
+        pixel_values = np.ascontiguousarray(pixel_values[:, :, : h * p, : w * p], dtype=np.float32)
+        self.backend.check_input(min(pixel_values.shape[0], self.batch_size), h * p, w * p)
+        bias = self.bias(h, w)
+        out = np.empty((pixel_values.shape[0], self.embed_dim, h, w), dtype=np.float32)
+        for start in range(0, pixel_values.shape[0], self.batch_size):
+            chunk = pixel_values[start : start + self.batch_size]
+            out[start : start + len(chunk)] = self.backend.run(chunk, bias)
+        return out
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """One image (any layout/dtype of :mod:`preprocess`) -> (C, h, w) float32 features."""
+        return self.run(self.preprocess(image)[None])[0]
+
+    def extract_batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Same-sized images -> (B, C, h, w) float32, run ``batch_size`` at a time."""
+        if not len(images):
+            raise DinosawError("no images given")
+        batch = [self.preprocess(img) for img in images]
+        if len({b.shape for b in batch}) != 1:
+            raise DinosawError("extract_batch needs images of one size; call the extractor per image")
+        return self.run(np.stack(batch))

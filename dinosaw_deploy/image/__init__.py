@@ -1,0 +1,1 @@
+"""Layer 1 — images: lazy region readers, the intensity rule, OME writers."""

@@ -1,0 +1,186 @@
+"""Scribble label images -> sparse labelled pixels with classes 1..K.
+
+Accepted files (PNG, TIFF, anything :func:`dinosaw_deploy.image.reader.open_image` reads), 0 = unlabelled:
+
+* grayscale integers: classes ``1..K`` or spread grey levels (85/170/255, 127/254, ...): the sorted
+  distinct non-zero values become classes 1..K; (1, H, W) files are fine;
+* colour (RGB/RGBA): every distinct colour is a class (sorted by colour value); black and fully
+  transparent pixels are unlabelled.
+
+Only the labelled pixels are kept (coordinates + class), read in row strips, so a gigapixel
+scribble TIFF never sits in memory whole.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dinosaw_deploy.errors import DinosawError
+from dinosaw_deploy.image.reader import channels_first, open_image
+
+MAX_CLASSES = 255
+STRIP_ROWS = 1024
+# Display colours for classes 1..K (cycled); class names default to "class k".
+PALETTE = (
+    (230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (245, 130, 48), (145, 30, 180),
+    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40),
+)
+
+
+@dataclass(frozen=True)
+class LabelClass:
+    """One class: its index 1..K, display name and colour, and the value it had in the label file."""
+
+    index: int
+    name: str
+    colour: tuple[int, int, int]
+    source_value: tuple[int, ...]
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "name": self.name, "colour": list(self.colour),
+                "source_value": list(self.source_value)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LabelClass:
+        return cls(int(data["index"]), str(data["name"]), tuple(int(c) for c in data["colour"]),
+                   tuple(int(v) for v in data["source_value"]))
+
+
+@dataclass
+class Scribbles:
+    """Labelled pixels of an (H, W) image: coordinates and classes 1..K (uint8)."""
+
+    shape: tuple[int, int]
+    ys: np.ndarray
+    xs: np.ndarray
+    classes: np.ndarray
+    label_classes: list[LabelClass]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_classes)
+
+    def counts(self) -> np.ndarray:
+        """Labelled pixels per class (index 0 = class 1)."""
+        return np.bincount(self.classes, minlength=self.num_classes + 1)[1:]
+
+    def describe(self) -> str:
+        """One line per class: source value -> class, colour, pixel count."""
+        lines = []
+        for cls, count in zip(self.label_classes, self.counts()):
+            value = cls.source_value[0] if len(cls.source_value) == 1 else "rgb" + str(cls.source_value)
+            lines.append(f"label value {value} -> class {cls.index} ({cls.name}): {count} px")
+        return "\n".join(lines)
+
+    def subsample(self, max_per_class: int, seed: int = 0) -> Scribbles:
+        """At most ``max_per_class`` random pixels of each class (all of a smaller class)."""
+        rng = np.random.default_rng(seed)
+        keep = []
+        for k in range(1, self.num_classes + 1):
+            idx = np.flatnonzero(self.classes == k)
+            keep.append(idx if len(idx) <= max_per_class else rng.choice(idx, max_per_class, replace=False))
+        order = np.sort(np.concatenate(keep))
+        return Scribbles(self.shape, self.ys[order], self.xs[order], self.classes[order], self.label_classes)
+
+    def to_image(self) -> np.ndarray:
+        """The dense (H, W) uint8 class image (0 = unlabelled); for small images and tests."""
+        dense = np.zeros(self.shape, np.uint8)
+        dense[self.ys, self.xs] = self.classes
+        return dense
+
+
+def scribbles_from_array(labels: np.ndarray, shape: tuple[int, int] | None = None) -> Scribbles:
+    """Scribbles from an in-memory label image ((H, W), (1, H, W) or (H, W, 3|4))."""
+    labels = _squeeze(np.asarray(labels), "label array")
+    return _build([(0, labels)], labels.shape[:2], shape, "label array")
+
+
+def load_scribbles(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> Scribbles:
+    """Scribbles from a label file, checked against the image ``shape`` (H, W) if given."""
+
+    path = Path(path)
+    with open_image(path) as reader:
+        height, width = reader.shape
+        strips = ((y, reader.read_region(y, 0, min(STRIP_ROWS, height - y), width))
+                  for y in range(0, height, STRIP_ROWS))
+        return _build(strips, (height, width), shape, str(path))
+
+
+def _squeeze(labels: np.ndarray, source: str) -> np.ndarray:
+    if labels.ndim == 3 and labels.shape[0] == 1:
+        labels = labels[0]
+    if labels.ndim == 3 and labels.shape[-1] == 1:
+        labels = labels[..., 0]
+    if channels_first(labels.shape, (3, 4)):
+        labels = np.moveaxis(labels, 0, -1)
+    if labels.ndim not in (2, 3) or (labels.ndim == 3 and labels.shape[-1] not in (3, 4)):
+        raise DinosawError(f"{source}: labels must be (H, W), (1, H, W) or RGB(A), got shape {labels.shape}")
+    return labels
+
+
+def _keys(strip: np.ndarray, source: str) -> np.ndarray:
+    """Per-pixel integer key (0 = unlabelled): the grey value, or the packed colour."""
+    if np.issubdtype(strip.dtype, np.floating):
+        if not np.all(np.isfinite(strip)) or np.any(strip != np.round(strip)):
+            raise DinosawError(f"{source}: label values must be whole numbers (got fractional values)")
+    elif not (np.issubdtype(strip.dtype, np.integer) or strip.dtype == np.bool_):
+        raise DinosawError(f"{source}: unsupported label pixel type {strip.dtype}")
+    if np.any(strip < 0):
+        raise DinosawError(f"{source}: label values must be >= 0")
+    if strip.ndim == 2:
+        return strip.astype(np.uint64)
+    if strip.max(initial=0) > 0xFFFF:
+        raise DinosawError(f"{source}: colour labels must be 8- or 16-bit")
+    rgb = strip[..., :3].astype(np.uint64)
+    keys = (rgb[..., 0] << np.uint64(32)) | (rgb[..., 1] << np.uint64(16)) | rgb[..., 2]
+    if strip.shape[-1] == 4:
+        keys[strip[..., 3] == 0] = 0
+    return keys
+
+
+def _build(strips, label_shape: tuple[int, int], shape: tuple[int, int] | None, source: str) -> Scribbles:
+    if shape is not None and tuple(label_shape) != tuple(shape[:2]):
+        raise DinosawError(
+            f"{source}: labels are {label_shape[0]}x{label_shape[1]} px but the image is {shape[0]}x{shape[1]} px"
+        )
+    ys, xs, keys, colour = [], [], [], False
+    for y0, strip in strips:
+        strip = _squeeze(np.asarray(strip), source)
+        colour = strip.ndim == 3
+        k = _keys(strip, source)
+        rows, cols = np.nonzero(k)
+        ys.append((rows + y0).astype(np.int32))
+        xs.append(cols.astype(np.int32))
+        keys.append(k[rows, cols])
+    keys_all = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
+    if keys_all.size == 0:
+        raise DinosawError(f"{source}: no labelled pixels (every value is 0 = unlabelled)")
+    values, classes = np.unique(keys_all, return_inverse=True)
+    if len(values) == 1:
+        raise DinosawError(f"{source}: only one class is labelled; scribble at least two classes")
+    if len(values) > MAX_CLASSES:
+        raise DinosawError(f"{source}: {len(values)} distinct label values; at most {MAX_CLASSES} classes")
+    label_classes = []
+    for i, value in enumerate(values.tolist(), start=1):
+        source_value = ((value >> 32) & 0xFFFF, (value >> 16) & 0xFFFF, value & 0xFFFF) if colour else (value,)
+        label_classes.append(LabelClass(i, f"class {i}", PALETTE[(i - 1) % len(PALETTE)], source_value))
+    return Scribbles(
+        shape=tuple(label_shape),
+        ys=np.concatenate(ys),
+        xs=np.concatenate(xs),
+        classes=(classes + 1).astype(np.uint8),
+        label_classes=label_classes,
+    )
+
+
+def class_iou(prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Intersection over union of each class in ``truth`` (sorted values); its mean is the mIoU."""
+    prediction, truth = np.asarray(prediction), np.asarray(truth)
+    if prediction.shape != truth.shape:
+        raise DinosawError(f"prediction {prediction.shape} and ground truth {truth.shape} differ in shape")
+    return np.array([((prediction == c) & (truth == c)).sum() / ((prediction == c) | (truth == c)).sum()
+                     for c in np.unique(truth)])
+

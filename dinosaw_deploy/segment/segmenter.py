@@ -1,0 +1,342 @@
+"""Segmenter: XGBoost on classical (+ PCA-reduced ViT) features of scribbled pixels (method.md §5).
+
+Training computes features only for the tiles (bounding boxes) that hold labelled pixels and keeps
+only those pixels; prediction computes features tile by tile. The full per-pixel feature stack of a
+large image never exists. Every tile is a pure function of (image region, fitted state).
+
+>>> seg = Segmenter().fit(image, scribbles)      # classical features only
+>>> labels = seg.predict(other_image)            # (H, W) uint8, classes 1..K
+>>> seg.save("model.dsw"); seg = Segmenter.load("model.dsw")
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dinosaw_deploy._version import __version__
+from dinosaw_deploy.engine.manifest import engine_identity
+from dinosaw_deploy.errors import DinosawError
+from dinosaw_deploy.image.intensity import fit_intensity_range, scale_intensity
+from dinosaw_deploy.image.reader import ArrayRegions, RegionSource
+from dinosaw_deploy.segment.bundle import Bundle, load_bundle, save_bundle
+from dinosaw_deploy.segment.classifier import (
+    MAX_PIXEL_CLASS_PAIRS,
+    PREDICT_PARAMS,
+    ClassifierParams,
+    _xgboost,
+    cuda_available,
+)
+from dinosaw_deploy.segment.contrast import Clahe, ClaheConfig
+from dinosaw_deploy.segment.filters import Box, FilterBank, FilterBankConfig
+from dinosaw_deploy.segment.labels import LabelClass, Scribbles, scribbles_from_array
+from dinosaw_deploy.segment.postprocess import CRF_HALO, dense_crf, modal_filter
+from dinosaw_deploy.segment.vit_channels import PcaFeatures
+from dinosaw_deploy.tiling.grid import tile_boxes
+from dinosaw_deploy.tiling.parallel import map_ordered
+from dinosaw_deploy.tiling.pipeline import patch_features
+from dinosaw_deploy.tiling.store import ArrayGrid, PatchGrid
+
+DEFAULT_TILE = 512
+
+
+class GrayImage:
+    """Grayscale float32 [0, 1] view of a :class:`RegionSource` under one fixed intensity range;
+    sliceable (``gray[y0:y1, x0:x1]``) as the filter bank expects."""
+
+    def __init__(self, source: RegionSource, intensity_range: tuple[float, float], contrast: Clahe | None = None):
+        self.source = source
+        self.intensity_range = tuple(float(v) for v in intensity_range)
+        self.contrast = contrast
+        self.shape = tuple(source.shape[:2])
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
+        rows, cols = key
+        region = self.source.read_region(rows.start, cols.start, rows.stop - rows.start, cols.stop - cols.start)
+        scaled = scale_intensity(region, self.intensity_range)
+        if scaled.ndim == 3:
+            scaled = scaled[..., :3].mean(axis=-1) if scaled.shape[-1] in (3, 4) else scaled[..., 0]
+        if self.contrast is not None:
+            return self.contrast.apply(scaled, rows.start, cols.start)
+        return scaled.astype(np.float32, copy=False)
+
+
+class Segmenter:
+    """Trainable scribble segmentation. Train with :meth:`fit` (arrays) or :meth:`fit_source`
+    (lazy sources), predict with :meth:`predict` / :meth:`predict_tiles`, persist with
+    :meth:`save` / :meth:`load`.
+
+    Args:
+        extractor: a ``FeatureExtractor`` to add PCA-reduced ViT channels; None = classical only.
+        filter_bank: the classical filter-bank config (default: 58 channels).
+        classifier: XGBoost settings (default: hist, depth 8, 100 rounds, eta 0.3, seed 0).
+        tile: prediction / feature tile size in px.
+        max_samples_per_class: training pixels kept per class (random, seeded) at most; fewer
+            with many classes, so that pixels x classes <= ``MAX_PIXEL_CLASS_PAIRS``.
+        contrast: optional CLAHE before the filter bank (:mod:`dinosaw_deploy.segment.contrast`); None = off.
+        threads: CPU threads (default: all cores).
+        device: ``auto`` (CUDA when xgboost has it and a GPU is present), ``cpu`` or ``cuda``.
+    """
+
+    def __init__(
+        self,
+        *,
+        extractor: Any = None,
+        filter_bank: FilterBankConfig | None = None,
+        classifier: ClassifierParams | None = None,
+        tile: int = DEFAULT_TILE,
+        max_samples_per_class: int = 200_000,
+        n_components: int = 9,
+        contrast: ClaheConfig | None = None,
+        threads: int | None = None,
+        device: str = "auto",
+    ) -> None:
+        if tile < 16:
+            raise DinosawError(f"tile must be >= 16 px, got {tile}")
+        if device not in ("auto", "cpu", "cuda"):
+            raise DinosawError(f"device must be auto, cpu or cuda, not {device!r}")
+        self.extractor = extractor
+        self.bank = FilterBank(filter_bank)
+        self.classifier = classifier or ClassifierParams()
+        self.tile = tile
+        self.max_samples_per_class = max_samples_per_class
+        self.n_components = n_components
+        self.contrast = contrast
+        self.threads = threads or os.cpu_count() or 1
+        self.device = device
+        self.booster = None
+        self.pca: PcaFeatures | None = None
+        self.label_classes: list[LabelClass] = []
+        self.engine: dict[str, Any] | None = None
+        self.training: dict[str, Any] = {}
+
+    # -- features -------------------------------------------------------------------------
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        vit = self.pca.names if self.pca is not None else ()
+        return self.bank.names + vit
+
+    def features(self, gray: GrayImage, box: Box, grid: PatchGrid | None = None) -> np.ndarray:
+        """(C, h, w) float32 feature stack of ``box``: classical channels, then ViT channels."""
+        classical = self.bank.region(gray, box)
+        if self.pca is None:
+            return classical
+        if grid is None:
+            raise DinosawError("this model uses ViT features: pass the image's patch-feature grid")
+        return np.concatenate([classical, self.pca.region(grid, box)])
+
+    def gray_image(self, source: RegionSource | np.ndarray) -> GrayImage:
+        """The image as the model sees it: the intensity rule (per-dtype range, global min/max for
+        floats), then the optional CLAHE fitted on this image."""
+        if isinstance(source, np.ndarray):
+            source = ArrayRegions(source)
+        gray = GrayImage(source, fit_intensity_range(source))
+        if self.contrast is not None:
+            gray.contrast = Clahe.fit(gray, self.contrast)
+        return gray
+
+    def patch_grid(self, image: np.ndarray) -> PatchGrid | None:
+        """Patch features of an in-memory image for a ViT model (None for a classical one)."""
+        if self.pca is None:
+            return None
+        if self.extractor is None:
+            raise DinosawError("this model uses ViT features: load it with extractor=FeatureExtractor(engine)")
+        return ArrayGrid(patch_features(image, self.extractor))
+
+    # -- training -------------------------------------------------------------------------
+    def fit(self, image: np.ndarray, labels: np.ndarray | Scribbles) -> Segmenter:
+        """Train on an in-memory image and its scribbles (label array or :class:`Scribbles`)."""
+        image = np.asarray(image)
+        scribbles = labels if isinstance(labels, Scribbles) else scribbles_from_array(labels)
+        gray = self.gray_image(image)
+        if scribbles.shape != gray.shape:
+            raise DinosawError(f"labels are {scribbles.shape} but the image is {gray.shape}")
+        grid = None
+        if self.extractor is not None:
+            grid = ArrayGrid(patch_features(image, self.extractor))
+        return self.fit_source(gray, scribbles, grid)
+
+    def fit_source(
+        self, gray: GrayImage, scribbles: Scribbles, grid: PatchGrid | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Segmenter:
+        """Train from a lazy image (and its patch-feature grid when an extractor is set)."""
+        xgboost = _xgboost()
+        if scribbles.shape != tuple(gray.shape):
+            raise DinosawError(f"labels are {scribbles.shape} but the image is {tuple(gray.shape)}")
+        self.label_classes = list(scribbles.label_classes)
+        self.pca = None
+        if self.extractor is not None:
+            if grid is None:
+                raise DinosawError("an extractor is set: pass the image's patch-feature grid")
+            self.engine = {"model": self.extractor.manifest.get("model"),
+                           "identity": engine_identity(self.extractor.manifest),
+                           "patch_size": int(self.extractor.patch_size)}
+            self.pca = PcaFeatures.fit(grid, n_components=self.n_components, patch_size=self.extractor.patch_size,
+                                       seed=self.classifier.seed)
+        per_class = min(self.max_samples_per_class, max(1, MAX_PIXEL_CLASS_PAIRS // scribbles.num_classes**2))
+        sample = scribbles.subsample(per_class, seed=self.classifier.seed)
+        x, y = self._gather(gray, grid, sample, progress)
+        counts = np.bincount(y, minlength=len(self.label_classes))
+        weights = (len(y) / (len(self.label_classes) * np.maximum(counts, 1)))[y].astype(np.float32)
+        device = self._device()
+        params = self.classifier.xgb(len(self.label_classes), device, self.threads)
+        matrix = xgboost.DMatrix(x, label=y, weight=weights, nthread=self.threads)
+        self.booster = xgboost.train(params, matrix, num_boost_round=self.classifier.rounds)
+        self.booster.set_param(PREDICT_PARAMS)
+        self.training = {"pixels_labelled": scribbles.counts().tolist(), "pixels_used": counts.tolist(),
+                         "device": device}
+        return self
+
+    def _device(self) -> str:
+        if self.device == "auto":
+            return "cuda" if cuda_available() else "cpu"
+        if self.device == "cuda" and not cuda_available():
+            raise DinosawError("device cuda requested but no CUDA GPU / CUDA-enabled xgboost is available")
+        return self.device
+
+    def _gather(self, gray: GrayImage, grid: PatchGrid | None, sample: Scribbles,
+                progress: Callable[[int, int], None] | None) -> tuple[np.ndarray, np.ndarray]:
+        """Features at the sampled labelled pixels, one labelled tile (bounding box) at a time."""
+        tiles_x = -(-gray.shape[1] // self.tile)
+        key = (sample.ys // self.tile).astype(np.int64) * tiles_x + sample.xs // self.tile
+        order = np.argsort(key, kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(key[order]) != 0])
+        groups = np.split(order, starts[1:])
+        x = np.empty((len(order), len(self.channel_names)), dtype=np.float32)
+
+        def work(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            ys, xs = sample.ys[idx], sample.xs[idx]
+            box = (int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1)
+            feats = self.features(gray, box, grid)
+            return idx, feats[:, ys - box[0], xs - box[2]].T
+
+        for done, (idx, rows) in enumerate(map_ordered(work, groups, self.threads), start=1):
+            x[idx] = rows
+            if progress:
+                progress(done, len(groups))
+        return x, (sample.classes.astype(np.int64) - 1)
+
+    # -- prediction -----------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if self.booster is None:
+            raise DinosawError("the segmenter is not trained: call fit() or Segmenter.load()")
+
+    def predict_box(
+        self, gray: GrayImage, box: Box, grid: PatchGrid | None = None, *, modal: int = 0, crf: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(labels (h, w) uint8 1..K, probabilities (K, h, w) float32) of ``box``. Post-processing
+        reads a halo around the box (``modal`` px for the majority filter, 64 px for the CRF) so a
+        tile's modal-filtered labels equal the whole image's."""
+        self._check_fitted()
+        y0, y1, x0, x1 = box
+        pad = modal + (CRF_HALO if crf else 0)
+        height, width = gray.shape
+        outer = (max(y0 - pad, 0), min(y1 + pad, height), max(x0 - pad, 0), min(x1 + pad, width))
+        feats = self.features(gray, outer, grid)
+        c, h, w = feats.shape
+        probs = self.booster.inplace_predict(feats.reshape(c, -1).T)
+        probs = np.ascontiguousarray(np.asarray(probs, np.float32).T.reshape(-1, h, w))
+        labels = (probs.argmax(axis=0) + 1).astype(np.uint8)
+        if crf:
+            labels = dense_crf(probs, gray[outer[0] : outer[1], outer[2] : outer[3]])
+        if modal:
+            labels = modal_filter(labels, modal, len(self.label_classes))
+        inner = (slice(y0 - outer[0], y1 - outer[0]), slice(x0 - outer[2], x1 - outer[2]))
+        return labels[inner], probs[(slice(None),) + inner]
+
+    def predict_tiles(
+        self, gray: GrayImage, boxes: Iterable[Box], grid: PatchGrid | None = None, *, modal: int = 0,
+        crf: bool = False,
+    ) -> Iterator[tuple[Box, np.ndarray, np.ndarray]]:
+        """(box, labels, probabilities) for every box, in order, computed on :attr:`threads` threads."""
+        self._check_fitted()
+        return map_ordered(lambda box: (box, *self.predict_box(gray, box, grid, modal=modal, crf=crf)),
+                           boxes, self.threads)
+
+    def predict_proba(self, image: np.ndarray) -> np.ndarray:
+        """(K, H, W) float32 class probabilities of an in-memory image."""
+        self._check_fitted()
+        gray, grid = self.gray_image(np.asarray(image)), self.patch_grid(np.asarray(image))
+        out = np.empty((len(self.label_classes), *gray.shape), np.float32)
+        for (y0, y1, x0, x1), _, probs in self.predict_tiles(gray, tile_boxes(gray.shape, self.tile), grid):
+            out[:, y0:y1, x0:x1] = probs
+        return out
+
+    def predict(self, image: np.ndarray, *, modal: int = 0, crf: bool = False) -> np.ndarray:
+        """(H, W) uint8 labels 1..K of an in-memory image."""
+        self._check_fitted()
+        gray, grid = self.gray_image(np.asarray(image)), self.patch_grid(np.asarray(image))
+        out = np.empty(gray.shape, np.uint8)
+        for (y0, y1, x0, x1), labels, _ in self.predict_tiles(gray, tile_boxes(gray.shape, self.tile), grid,
+                                                               modal=modal, crf=crf):
+            out[y0:y1, x0:x1] = labels
+        return out
+
+    # -- persistence ----------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the trained model as a ``.dsw`` bundle (see :mod:`dinosaw_deploy.segment.bundle`)."""
+        self._check_fitted()
+        config = {
+            "dinosaw_deploy_version": __version__,
+            "filter_bank": self.bank.config.to_dict(),
+            "classes": [c.to_dict() for c in self.label_classes],
+            "classifier": asdict(self.classifier),
+            "channels": list(self.channel_names),
+            "tile": self.tile,
+            "max_samples_per_class": self.max_samples_per_class,
+            "contrast": None if self.contrast is None else self.contrast.to_dict(),
+            "vit": None if self.pca is None else {**self.engine, "n_components": self.pca.num_components},
+            "training": self.training,
+        }
+        arrays = {} if self.pca is None else self.pca.to_arrays()
+        return save_bundle(path, Bundle(config, arrays, bytes(self.booster.save_raw("ubj"))))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, extractor: Any = None, **options: Any) -> Segmenter:
+        """A trained segmenter from a ``.dsw`` bundle; ``extractor`` must be the model's engine
+        (same weights; fp32 or fp16) when the bundle uses ViT features."""
+        xgboost = _xgboost()
+        bundle = load_bundle(path)
+        config = bundle.config
+        try:
+            vit = config["vit"]
+            seg = cls(
+                extractor=extractor,
+                filter_bank=FilterBankConfig.from_dict(config["filter_bank"]),
+                classifier=ClassifierParams(**config["classifier"]),
+                tile=int(config.get("tile", DEFAULT_TILE)),
+                max_samples_per_class=int(config["max_samples_per_class"]),
+                contrast=None if config.get("contrast") is None else ClaheConfig.from_dict(config["contrast"]),
+                **options,
+            )
+            seg.label_classes = [LabelClass.from_dict(c) for c in config["classes"]]
+            seg.training = dict(config.get("training") or {})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DinosawError(f"{path}: incompatible model bundle ({type(exc).__name__}: {exc})") from None
+        if vit is not None:
+            seg.engine = {k: vit[k] for k in ("model", "identity", "patch_size")}
+            seg.pca = PcaFeatures.from_arrays(bundle.arrays, int(vit["patch_size"]))
+            if extractor is not None and engine_identity(extractor.manifest) != vit["identity"]:
+                raise DinosawError(
+                    f"{path}: trained with the features of engine {vit['model']!r} (identity "
+                    f"{vit['identity'][:12]}); {extractor.model_path} is a different model"
+                )
+        elif extractor is not None:
+            seg.extractor = None  # a classical model ignores the engine
+        booster = xgboost.Booster()
+        try:
+            booster.load_model(bytearray(bundle.classifier))
+        except xgboost.core.XGBoostError as exc:
+            raise DinosawError(f"{path}: unreadable classifier ({str(exc).splitlines()[0]})") from None
+        booster.set_param(PREDICT_PARAMS)
+        if list(config["channels"]) != list(seg.channel_names) or booster.num_features() != len(seg.channel_names):
+            raise DinosawError(f"{path}: the bundle's channels do not match its filter-bank / ViT settings")
+        seg.booster = booster
+        return seg
+
+
