@@ -126,3 +126,23 @@ def test_backend_option_is_passed_through(tiny_engine, tmp_path):
                     "--backend", "ort-cuda")
     assert_clean_failure(forced, "ort-cuda")
     assert not (tmp_path / "b.npy").exists()
+
+
+def test_whole_image_token_limit_uses_the_engines_patch_size(tmp_path, monkeypatch, tiny_engine):
+    """A 300x300 image is 21x21 patches at 14 px but 150x150 at 2 px: the limit must use the engine's size."""
+    import tifffile
+
+    from dinosaw_deploy.engine import extractor as extractor_module
+
+    real = extractor_module.FeatureExtractor
+
+    class TwoPixelPatches(real):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.patch_size = 2
+
+    monkeypatch.setattr(extractor_module, "FeatureExtractor", TwoPixelPatches)
+    image = tmp_path / "img.tif"
+    tifffile.imwrite(image, np.zeros((300, 300), np.uint8))
+    result = CliRunner().invoke(main, ["features", str(image), "-o", str(tmp_path / "f.npy"), "--engine", str(tiny_engine)])
+    assert result.exit_code == 1 and "150x150 patches, too many for one pass" in result.output

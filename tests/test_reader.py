@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from dinosaw_deploy.image import intensity
 from dinosaw_deploy.errors import DinosawError
+from dinosaw_deploy.image import intensity
 from dinosaw_deploy.image.intensity import fit_intensity_range, scale_intensity
 from dinosaw_deploy.image.reader import open_image
 
@@ -191,3 +191,15 @@ def test_ome_physical_size_is_read(tmp_path):
     tifffile.imwrite(plain, np.ones((20, 20), np.uint8))
     with open_image(plain) as img:
         assert img.info.pixel_size is None
+
+
+def test_page_of_a_later_series_reports_that_series_levels(tmp_path):
+    """At level 0 --page counts every IFD: the levels must be those of the page's own series."""
+    path = tmp_path / "two_series.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(np.zeros((64, 80), np.uint8))
+        tw.write(np.ones((32, 48), np.uint8))
+    with open_image(path, page=1) as reader:
+        assert reader.shape == (32, 48)
+        assert reader.info.levels == ((32, 48),)
+        assert (reader.read_region(0, 0, 32, 48) == 1).all()

@@ -105,3 +105,16 @@ def test_seam_stats_against_brute_force_and_a_visible_seam():
     stepped = feats.copy()
     stepped[:, :, 10:] += 3.0  # a feature jump at column 10
     assert seam_stats(stepped, (7, 15), (10,))["ratio"] > 1.25 * stats["ratio"]
+
+
+def test_negative_overlap_on_a_single_tile_grid_is_a_clear_error():
+    with pytest.raises(DinosawError, match="overlap must be 0 <= overlap"):
+        TileGrid(3, 3, 5, 5, -1)
+
+
+def test_seam_ratio_of_a_constant_map_is_one_not_a_division_by_zero():
+    flat = np.full((4, 30, 30), 0.25, np.float32)  # a flat scan through a wrap-ALiBi engine gives exactly this
+    assert seam_stats(flat, [10, 20], [15])["ratio"] == 1.0
+    stepped = flat.copy()
+    stepped[:, :, 15:] += 1.0  # a jump exactly at a seam, nothing inside the tiles
+    assert seam_stats(stepped, [], [15])["ratio"] == float("inf")

@@ -91,14 +91,15 @@ def _whole_image(reader, engine: Path, output: Path, *, backend: str, intensity_
     from dinosaw_deploy.files import atomic_path, atomic_write_bytes
     from dinosaw_deploy.image.intensity import fit_intensity_range
 
-    h, w = grid_shape(*reader.shape)
+    extractor = FeatureExtractor(engine, backend=backend)
+    h, w = grid_shape(*reader.shape, extractor.patch_size)
     if h * w > MAX_WHOLE_IMAGE_TOKENS:
         raise DinosawError(
             f"{reader.path.name} gives {h}x{w} patches, too many for one pass (max {MAX_WHOLE_IMAGE_TOKENS}); "
             f"write a tiled .zarr output instead"
         )
     lo_hi = fit_intensity_range(reader, intensity_range=intensity_range, percentiles=percentiles)
-    extractor = FeatureExtractor(engine, intensity_range=lo_hi, backend=backend)
+    extractor.intensity_range = lo_hi
     feats = extractor(reader.read_region(0, 0, *reader.shape))
     summary = {"output": str(output), "shape": list(feats.shape), "dtype": "float32",
                "intensity_range": list(lo_hi), "image": reader.info.to_dict()}

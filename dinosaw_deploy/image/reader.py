@@ -192,7 +192,7 @@ class ImageReader:
                 self._axes = page.axes
                 self._colormap = page.colormap if page.photometric == 3 else None
                 self._data = self._page_data(page)
-                vendor, pixel_size, acquired = _vendor_metadata(tif)
+                vendor, pixel_size, acquired = _vendor_metadata(tif, self._series)
         except DinosawError:
             raise
         except Exception as exc:  # tifffile/zarr/codec errors: the file is corrupt or unsupported
@@ -207,17 +207,32 @@ class ImageReader:
         self._acquired_height = None if acquired is None or level else acquired
 
     def _select_page(self, tif, page_index: int, level: int):
-        series = tif.series[0]
-        self._levels = tuple((int(lv.shape[lv.axes.index("Y")]), int(lv.shape[lv.axes.index("X")]))
-                             for lv in series.levels if "Y" in lv.axes and "X" in lv.axes)
-        if not 0 <= level < len(series.levels):
-            raise DinosawError(f"{self.path.name}: level {level} does not exist (levels 0..{len(series.levels) - 1})")
-        pages = tif.pages if level == 0 else series.levels[level].pages
-        if not 0 <= page_index < len(pages):
-            raise DinosawError(f"{self.path.name}: page {page_index} does not exist (pages 0..{len(pages) - 1})")
-        page = pages[page_index]
+        """Level 0: ``page_index`` counts every page (IFD) of the file, and the levels are those of the
+        series holding that page. Level > 0: pages of the first series' pyramid level."""
+        if level == 0:
+            if not 0 <= page_index < len(tif.pages):
+                raise DinosawError(f"{self.path.name}: page {page_index} does not exist (pages 0..{len(tif.pages) - 1})")
+            series = next((s for s in tif.series if any(getattr(p, "index", None) == page_index for p in s.pages)),
+                          None)
+            page = tif.pages[page_index]
+        else:
+            series = tif.series[0]
+            if not 0 <= level < len(series.levels):
+                raise DinosawError(
+                    f"{self.path.name}: level {level} does not exist (levels 0..{len(series.levels) - 1})"
+                )
+            pages = series.levels[level].pages
+            if not 0 <= page_index < len(pages):
+                raise DinosawError(f"{self.path.name}: page {page_index} does not exist (pages 0..{len(pages) - 1})")
+            page = pages[page_index]
         page = page.aspage() if hasattr(page, "aspage") else page
         self._check_page(page)
+        if series is None:  # a page outside every series (e.g. a thumbnail): one level, its own size
+            self._levels = ((int(page.imagelength), int(page.imagewidth)),)
+        else:
+            self._levels = tuple((int(lv.shape[lv.axes.index("Y")]), int(lv.shape[lv.axes.index("X")]))
+                                 for lv in series.levels if "Y" in lv.axes and "X" in lv.axes)
+        self._series = 0 if series is None else tif.series.index(series)
         return page
 
     def _check_page(self, page) -> None:
@@ -315,7 +330,7 @@ def _quiet_tifffile() -> Iterator[None]:
         log.setLevel(level)
 
 
-def _vendor_metadata(tif) -> tuple[str | None, tuple[float, float] | None, int | None]:
+def _vendor_metadata(tif, series: int = 0) -> tuple[str | None, tuple[float, float] | None, int | None]:
     """(vendor, (y, x) pixel size in metres, acquired image height) from FEI or Zeiss tags."""
     fei = tif.fei_metadata
     if fei:
@@ -344,18 +359,18 @@ def _vendor_metadata(tif) -> tuple[str | None, tuple[float, float] | None, int |
             except ValueError:
                 acquired = None
         return "zeiss", size, acquired
-    return None, _ome_pixel_size(tif), None
+    return None, _ome_pixel_size(tif, series), None
 
 
-def _ome_pixel_size(tif) -> tuple[float, float] | None:
-    """(y, x) metres per pixel from OME-XML ``Pixels`` PhysicalSizeY/X (default unit µm), e.g. our
-    own segmentation output; None when absent or malformed."""
+def _ome_pixel_size(tif, series: int = 0) -> tuple[float, float] | None:
+    """(y, x) metres per pixel from the OME-XML ``Pixels`` of image ``series`` (PhysicalSizeY/X, default
+    unit µm), e.g. our own segmentation output; None when absent or malformed."""
     import xml.etree.ElementTree as ET
 
     if not tif.is_ome or not tif.ome_metadata:
         return None
     try:
-        pixels = next(e for e in ET.fromstring(tif.ome_metadata).iter() if e.tag.endswith("}Pixels"))
+        pixels = [e for e in ET.fromstring(tif.ome_metadata).iter() if e.tag.endswith("}Pixels")][series]
         size = []
         for axis in ("Y", "X"):
             value = float(pixels.attrib[f"PhysicalSize{axis}"])
@@ -363,7 +378,7 @@ def _ome_pixel_size(tif) -> tuple[float, float] | None:
             if not factor or value <= 0:
                 return None
             size.append(value * factor)
-    except (ET.ParseError, StopIteration, KeyError, ValueError):
+    except (ET.ParseError, IndexError, KeyError, ValueError):
         return None
     return size[0], size[1]
 

@@ -100,9 +100,8 @@ class TileGrid:
             raise DinosawError(f"window must be one of {', '.join(WINDOWS)}, not {self.window!r}")
         tiled = [t for t, g in ((self.tile_h, self.grid_h), (self.tile_w, self.grid_w)) if g > t]
         if self.overlap < 0 or any(self.overlap >= t for t in tiled):
-            raise DinosawError(
-                f"overlap must be 0 <= overlap < tile size in patches ({min(tiled)}), got {self.overlap}"
-            )
+            limit = f" < tile size in patches ({min(tiled)})" if tiled else ""
+            raise DinosawError(f"overlap must be 0 <= overlap{limit}, got {self.overlap}")
         object.__setattr__(self, "origins_y", tile_origins(self.grid_h, self.tile_h, self.overlap))
         object.__setattr__(self, "origins_x", tile_origins(self.grid_w, self.tile_w, self.overlap))
 
