@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from dinosaw_deploy.cli._options import DEFAULT_ENGINE, backend_option
+from dinosaw_deploy.cli._progress import TileProgress
 from dinosaw_deploy.errors import DinosawError
 
 
@@ -25,27 +26,6 @@ def _engine(engine: Path | None, no_vit: bool, backend: str, required: bool = Fa
             return None
         engine = DEFAULT_ENGINE
     return FeatureExtractor(engine, backend=backend)
-
-
-class _Bar:
-    """A click progress bar per stage, fed by the library's ``progress(done, total)`` callback."""
-
-    def __init__(self) -> None:
-        self.bar, self.total = None, None
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.bar is None or total != self.total:
-            self.close()
-            self.bar, self.total = click.progressbar(length=total, label="tiles", file=None), total
-            self.bar.__enter__()
-        self.bar.update(done - self.bar.pos)
-        if done >= total:
-            self.close()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-            self.bar = None
 
 
 @click.command("segment")
@@ -81,14 +61,11 @@ def segment_command(image: Path, labels_path: Path, output: Path, engine: Path |
     for path in (image, labels_path):  # before the engine, whose notice would bury this error
         if not path.is_file():
             raise DinosawError(f"not found: {path}")
-    bar = _Bar()
-    try:
+    with TileProgress() as progress:
         segment_scan(image, labels_path, output, extractor=_engine(engine, no_vit, backend), save_model=save_model,
                      probabilities=probabilities, modal=modal, crf=crf, contrast=contrast,
                      classifier=ClassifierParams(rounds=rounds, max_depth=max_depth), device=device,
-                     threads=threads, overwrite=overwrite, echo=click.echo, progress=bar)
-    finally:
-        bar.close()
+                     threads=threads, overwrite=overwrite, echo=click.echo, progress=progress)
 
 
 @click.command("apply")
@@ -113,10 +90,7 @@ def apply_command(image: Path, model_path: Path, output: Path, engine: Path | No
         if not path.is_file():
             raise DinosawError(f"not found: {path}")
     uses_vit = load_bundle(model_path).config.get("vit") is not None
-    bar = _Bar()
-    try:
+    with TileProgress() as progress:
         apply_scan(image, model_path, output, extractor=_engine(engine, not uses_vit, backend, required=True),
                    probabilities=probabilities, modal=modal, crf=crf, threads=threads, overwrite=overwrite,
-                   echo=click.echo, progress=bar)
-    finally:
-        bar.close()
+                   echo=click.echo, progress=progress)
