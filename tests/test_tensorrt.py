@@ -33,6 +33,7 @@ from .conftest import DEPTH2, TINY, golden_cases
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 export_trt = pytest.importorskip("dinosaw_deploy.export.tensorrt")
+from dinosaw_deploy.export.verify import token_cosine  # noqa: E402
 
 
 # --------------------------------------------------------------------------- fakes
@@ -920,11 +921,6 @@ def _torch_reference(root: Path):
     return load_checkpoint(root / "weights_timm.pth", config_path=root / "config.json")
 
 
-def _token_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-
-
 def _numerics_cases(fx: FeatureExtractor) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(5)
     return {
@@ -955,7 +951,7 @@ def test_fp16_onnx_matches_fp32_pytorch(root, tiny_engine, tmp_path):
             expected = loaded.model(torch.from_numpy(pixels), torch.from_numpy(np.array(fx.bias(h, w)))).numpy()
         got = fx.run(pixels)
         assert np.isfinite(got).all(), name
-        assert _token_cosine(got, expected).min() >= 0.999, name
+        assert token_cosine(got, expected).min() >= 0.999, name
 
 
 # --------------------------------------------------------------------------- real GPU
@@ -1005,7 +1001,7 @@ def test_gpu_plan_matches_pytorch(depth2_plans, precision):
         got = fx.run(case["input"])
         np.testing.assert_allclose(graphs.run(case["input"]), got, atol=1e-5)
         if precision == "fp16":
-            assert _token_cosine(got, case["feature_map"]).min() >= 0.999, name
+            assert token_cosine(got, case["feature_map"]).min() >= 0.999, name
         else:
             assert np.abs(got - case["feature_map"]).max() <= 1e-3, name
 
@@ -1020,4 +1016,4 @@ def test_gpu_rebuild_after_manifest_mismatch(depth2_plans):
     assert "--max-tile 224 --max-batch 2" in str(info.value)
     export_trt.build_plan(plan.with_name("d2.fp16.onnx"), GPU_OPTIONS, overwrite=True)
     case = golden_cases(DEPTH2)["img224"]
-    assert _token_cosine(FeatureExtractor(plan).run(case["input"]), case["feature_map"]).min() >= 0.999
+    assert token_cosine(FeatureExtractor(plan).run(case["input"]), case["feature_map"]).min() >= 0.999
