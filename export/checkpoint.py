@@ -74,22 +74,25 @@ def resolve_checkpoint(spec: str | os.PathLike | None) -> Path:
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Fail fast (no minute of retries) when offline: HF_HUB_OFFLINE, or the hub's host unresolvable."""
+    """Fail fast (no minute of retries) when offline: HF_HUB_OFFLINE, or no connection to the hub within
+    ``timeout`` s. The probe socket has its own timeout: the process-wide default is never touched.
+    Behind an HTTP(S) proxy a direct probe proves nothing, so the download itself is tried."""
     from urllib.parse import urlparse
+    from urllib.request import getproxies
 
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
         return False
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    try:
-        socket.setdefaulttimeout(timeout)
-        socket.getaddrinfo(host, 443)
+    if getproxies().get("https"):
         return True
-    except OSError:
+    url = urlparse(constants.ENDPOINT)
+    try:
+        port = url.port or (80 if url.scheme == "http" else 443)
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:  # unresolvable host, refused or timed out
         return False
-    finally:
-        socket.setdefaulttimeout(None)
 
 
 def normalize_state_dict(state: dict[str, Any]) -> dict[str, torch.Tensor]:

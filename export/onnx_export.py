@@ -18,9 +18,9 @@ import torch
 from dinosaw_deploy.engine.bias import BiasConfig, attention_bias
 from dinosaw_deploy.engine.contract import INPUT_NAMES, OUTPUT_NAME
 from dinosaw_deploy.engine.manifest import METADATA_KEY, manifest_json
-from dinosaw_deploy.errors import DinosawError
 
 from .model import AlibiDv2, to_mixed_precision
+from .verify import compare, token_cosine, verify_outputs  # noqa: F401  (benchmarks import token_cosine from here)
 
 OPSET = 17
 DYNAMIC_AXES = {
@@ -30,8 +30,6 @@ DYNAMIC_AXES = {
 }
 # Grids the export is checked on: one square, one not (the ONNX must not bake in a shape).
 VERIFY_GRIDS = ((6, 6), (4, 7))
-FP32_ATOL = 1e-4
-FP16_MIN_COSINE = 0.999
 
 
 def _bias_tensor(h: int, w: int, model: AlibiDv2, bias: BiasConfig) -> torch.Tensor:
@@ -91,49 +89,20 @@ def verification_inputs(
     return cases
 
 
-def token_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine similarity per token of two (B, C, h, w) feature maps."""
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    num = (a64 * b64).sum(axis=1)
-    den = np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1)
-    return num / np.maximum(den, 1e-12)
-
-
 def verify_onnx(
     model: AlibiDv2, onnx_path: str | os.PathLike, bias: BiasConfig, *, fp16: bool = False
 ) -> dict[str, Any]:
-    """Run the ONNX with ONNX Runtime (CPU) against fp32 PyTorch; raise if it disagrees.
-
-    fp32: max abs error <= 1e-4. fp16: per-token cosine >= 0.999 (flat image included).
-    """
+    """Run the ONNX with ONNX Runtime (CPU) against fp32 PyTorch; raise if it disagrees
+    (criteria by precision in :data:`dinosaw_deploy.export.verify.CRITERIA`; a flat image is among the cases)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    report: dict[str, Any] = {"runtime": f"onnxruntime {ort.__version__} CPU", "cases": {}}
+    cases = {}
     for name, pixel_values, attn_bias in verification_inputs(model, bias):
         with torch.no_grad():
             expected = model(torch.from_numpy(pixel_values), torch.from_numpy(attn_bias)).numpy()
         (got,) = session.run([OUTPUT_NAME], {"pixel_values": pixel_values, "attn_bias": attn_bias})
-        if got.shape != expected.shape:
-            raise DinosawError(f"{onnx_path}: output shape {got.shape} != PyTorch {expected.shape} on {name}")
-        report["cases"][name] = {
-            "shape": list(pixel_values.shape),
-            "max_abs_error": float(np.abs(got - expected).max()),
-            "min_token_cosine": float(token_cosine(got, expected).min()),
-        }
-    worst_abs = max(c["max_abs_error"] for c in report["cases"].values())
-    worst_cos = min(c["min_token_cosine"] for c in report["cases"].values())
-    report.update(max_abs_error=worst_abs, min_token_cosine=worst_cos)
-    if fp16:
-        report["criterion"] = f"min per-token cosine >= {FP16_MIN_COSINE}"
-        ok = worst_cos >= FP16_MIN_COSINE
-    else:
-        report["criterion"] = f"max abs error <= {FP32_ATOL}"
-        ok = worst_abs <= FP32_ATOL
-    report["passed"] = bool(ok)
-    if not ok:
-        raise DinosawError(
-            f"{Path(onnx_path).name} disagrees with PyTorch (max abs {worst_abs:.3g}, "
-            f"min token cosine {worst_cos:.6f}; needs {report['criterion']}); not keeping it"
-        )
-    return report
+        cases[name] = {"shape": list(pixel_values.shape), **compare(expected, got, f"{onnx_path} on {name}")}
+    verdict = verify_outputs(cases, "fp16" if fp16 else "fp32")
+    verdict.require(Path(onnx_path).name, "PyTorch")
+    return {"runtime": f"onnxruntime {ort.__version__} CPU", **verdict.report()}

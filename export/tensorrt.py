@@ -44,8 +44,7 @@ from dinosaw_deploy.engine.manifest import write_manifest
 from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.files import atomic_path, atomic_write_bytes, file_sha256
 
-FP32_ATOL = 1e-3
-FP16_MIN_COSINE = 0.999
+from .verify import PLAN_CRITERIA, compare, verify_outputs
 
 
 @dataclass(frozen=True)
@@ -62,9 +61,15 @@ class PlanOptions:
     hardware_compatible: bool = False  # any Ampere+ GPU (HardwareCompatibilityLevel.AMPERE_PLUS)
     version_compatible: bool = False  # later TensorRT versions too (BuilderFlag.VERSION_COMPATIBLE)
 
-    def __post_init__(self) -> None:  # refuse bad tile/batch options before any slow work
-        make_profile(tile=self.tile, min_tile=self.min_tile, max_tile=self.max_tile, max_batch=self.max_batch,
-                     manifest={"architecture": {"patch_size": 14, "num_heads": 1}, "bias": {}})
+    def __post_init__(self) -> None:
+        """Refuse tile order and batch mistakes before any slow work. Tiles must also be multiples of the
+        model's patch, which only its manifest knows: :meth:`profile` checks that."""
+        self.profile({"architecture": {"patch_size": 1, "num_heads": 1}, "bias": {}})
+
+    def profile(self, manifest: dict[str, Any]) -> TileProfile:
+        """The optimisation profile for the model ``manifest`` describes (its patch size, bias heads)."""
+        return make_profile(tile=self.tile, min_tile=self.min_tile, max_tile=self.max_tile,
+                            max_batch=self.max_batch, manifest=manifest)
 
 
 def tensorrt_available() -> bool:
@@ -87,15 +92,17 @@ def plan_precision(onnx_precision: str, fp16_flag: bool, tensorrt_major: int) ->
 
 
 def network_flags(trt: Any, precision: str) -> int:
-    """Strongly typed unless the FP16 builder flag is wanted (TensorRT 11 ignores the flag: always strong)."""
+    """Strongly typed unless the FP16 builder flag is wanted. The bit comes from the enum, whose value moved:
+    ``STRONGLY_TYPED`` is 1 on TensorRT 10 (0 is the ignored ``EXPLICIT_BATCH``) and 0 on TensorRT 11, where
+    every network is strongly typed and the flag is accepted but ignored (1 is ``PREFER_JIT_PYTHON_PLUGINS``)."""
     if precision == "fp16-flag":
         return 0
-    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    return 0 if flag is None else 1 << int(flag)
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
 
 def pin_fp32_islands(trt: Any, network: Any) -> int:
-    """Weakly typed fp16 builds: keep LayerNorm and softmax in fp32 (overflow-prone in fp16)."""
+    """Weakly typed fp16 builds (TensorRT 10 only): keep LayerNorm and softmax in fp32 (overflow-prone in fp16).
+    Strongly typed networks reject layer precisions and output types, and TensorRT 11 has neither."""
     pinned = 0
     for index in range(network.num_layers):
         layer = network.get_layer(index)
@@ -129,33 +136,44 @@ def configure(trt: Any, builder: Any, network: Any, config: Any, options: PlanOp
     config.add_optimization_profile(opt_profile)
 
 
-def build_serialized(trt: Any, onnx_path: Path, options: PlanOptions, precision: str,
-                     profile: TileProfile, timing_cache: bytes) -> tuple[bytes, bytes]:
-    """Parse ``onnx_path`` and build: (serialised plan, updated timing cache)."""
+def attach_timing_cache(config: Any, saved: bytes, echo: Callable[[str], None]) -> bool:
+    """Give the builder the saved tactic timings, or a new empty cache if TensorRT refuses them (corrupt, or
+    from another GPU/TensorRT: ``set_timing_cache`` returns False); False if it takes no cache at all."""
+    for blob in (saved, b"") if saved else (b"",):
+        cache = config.create_timing_cache(blob)  # None for bytes TensorRT cannot read
+        if cache is not None and config.set_timing_cache(cache, False):
+            return True
+        if blob:
+            echo("TensorRT refused the saved timing cache (corrupt, or from another GPU); starting a new one")
+    echo("TensorRT accepted no timing cache: building without one (tactics are timed afresh)")
+    return False
+
+
+def build_serialized(trt: Any, onnx_path: Path, options: PlanOptions, precision: str, profile: TileProfile,
+                     timing_cache: bytes, echo: Callable[[str], None]) -> tuple[bytes, bytes | None]:
+    """Parse ``onnx_path`` and build: (serialised plan, updated timing cache or None when there is none)."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags(trt, precision))
+    if network is None:
+        raise DinosawError(f"TensorRT {trt.__version__} could not create a network definition (see its log above)")
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise DinosawError(f"TensorRT could not parse {onnx_path.name}: {errors or 'unknown error'}")
     config = builder.create_builder_config()
     configure(trt, builder, network, config, options, precision, profile)
-    config.set_timing_cache(config.create_timing_cache(timing_cache), False)
+    cached = attach_timing_cache(config, timing_cache, echo)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise DinosawError(f"TensorRT failed to build a plan from {onnx_path.name} (see its log above)")
-    return bytes(plan), bytes(config.get_timing_cache().serialize())
-
-
-def _token_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    return (a64 * b64).sum(1) / np.maximum(np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1), 1e-12)
+    cache = config.get_timing_cache() if cached else None
+    return bytes(plan), None if cache is None else bytes(cache.serialize())
 
 
 def verify_plan(plan_path: Path, manifest: dict[str, Any], reference_onnx: Path) -> dict[str, Any]:
-    """Run the plan on the native backend against ONNX Runtime (CPU) on ``reference_onnx``;
-    raise if fp32 differs by more than 1e-3 or fp16 has a token cosine below 0.999."""
+    """Run the plan on the native backend against ONNX Runtime (CPU) on ``reference_onnx``; raise unless
+    it meets its precision's criterion (:data:`dinosaw_deploy.export.verify.PLAN_CRITERIA`)."""
     profile = TileProfile.from_dict(manifest["profile"])
     bias_config = BiasConfig.from_dict(manifest["bias"])
     heads = int(manifest["architecture"]["num_heads"])
@@ -167,26 +185,17 @@ def verify_plan(plan_path: Path, manifest: dict[str, Any], reference_onnx: Path)
     }
     plan = TensorRTBackend(plan_path, manifest=manifest)
     reference = OrtBackend(reference_onnx, "cpu")
-    report: dict[str, Any] = {"reference": f"{reference_onnx.name} on onnxruntime CPU", "cases": {}}
+    results = {}
     try:
         for name, pixels in cases.items():
             bias = attention_bias(pixels.shape[2] // profile.patch_size, pixels.shape[3] // profile.patch_size,
                                   heads, bias_config)
-            got, expected = plan.run(pixels, bias), reference.run(pixels, bias)
-            report["cases"][name] = {"max_abs_error": float(np.abs(got - expected).max()),
-                                     "min_token_cosine": float(_token_cosine(got, expected).min())}
+            results[name] = compare(reference.run(pixels, bias), plan.run(pixels, bias), f"{plan_path.name} on {name}")
     finally:
         plan.close()
-    worst_abs = max(c["max_abs_error"] for c in report["cases"].values())
-    worst_cos = min(c["min_token_cosine"] for c in report["cases"].values())
-    fp32 = manifest["precision"] == "fp32"
-    passed = worst_abs <= FP32_ATOL if fp32 else worst_cos >= FP16_MIN_COSINE
-    report.update(max_abs_error=worst_abs, min_token_cosine=worst_cos, passed=bool(passed),
-                  criterion=f"max abs error <= {FP32_ATOL}" if fp32 else f"min token cosine >= {FP16_MIN_COSINE}")
-    if not passed:
-        raise DinosawError(f"{plan_path.name} disagrees with {reference_onnx.name} (max abs {worst_abs:.3g}, "
-                           f"min token cosine {worst_cos:.6f}; needs {report['criterion']}); not keeping it")
-    return report
+    verdict = verify_outputs(results, manifest["precision"], PLAN_CRITERIA)
+    verdict.require(plan_path.name, reference_onnx.name)
+    return {"reference": f"{reference_onnx.name} on onnxruntime CPU", **verdict.report()}
 
 
 def build_plan(
@@ -203,13 +212,12 @@ def build_plan(
     source = OrtBackend(onnx_path, "cpu")  # checks the I/O contract and reads the manifest
     onnx_manifest, source_precision = source.manifest, source.manifest.get("precision", "fp32")
     del source
+    profile = options.profile(onnx_manifest)  # tiles against this model's patch size, before TensorRT loads
     trt = import_tensorrt()
     precision = plan_precision(source_precision, options.fp16_flag, version_tuple(trt.__version__)[0])
     plan_path = plan_path_for(onnx_path, precision)
     if plan_path.exists() and not overwrite:
         raise DinosawError(f"{plan_path} exists; pass --overwrite to rebuild it")
-    profile = make_profile(tile=options.tile, min_tile=options.min_tile, max_tile=options.max_tile,
-                           max_batch=options.max_batch, manifest=onnx_manifest)
     device = CudaRuntime().device_info()
     machine = MachineInfo(str(trt.__version__), device.name, device.compute_capability)
     cache_path = timing_cache_path(onnx_path.parent, machine)
@@ -217,16 +225,17 @@ def build_plan(
     echo(f"building {plan_path.name} ({precision}, tiles {profile.min_tile}..{profile.max_tile} px, batch <= "
          f"{profile.max_batch}) with TensorRT {trt.__version__} on {device.name}; this takes minutes")
     start = time.perf_counter()
-    plan_bytes, cache_bytes = build_serialized(trt, onnx_path, options, precision, profile, cached)
+    plan_bytes, cache_bytes = build_serialized(trt, onnx_path, options, precision, profile, cached, echo)
     seconds = time.perf_counter() - start
-    atomic_write_bytes(cache_path, cache_bytes)
+    if cache_bytes is not None:
+        atomic_write_bytes(cache_path, cache_bytes)
     builder = {
         "strongly_typed": precision != "fp16-flag",
         "opt_level": options.opt_level,
         "workspace_gib": options.workspace_gib,
         "hardware_compatibility": "ampere_plus" if options.hardware_compatible else "none",
         "version_compatible": options.version_compatible,
-        "timing_cache": cache_path.name,
+        "timing_cache": cache_path.name if cache_bytes is not None else None,
     }
     reference = onnx_path.with_name(onnx_path.name.replace(".fp16.onnx", ".onnx"))
     with atomic_path(plan_path) as tmp:

@@ -1,5 +1,7 @@
 """Checkpoint loading: both key layouts, prefixes, pos_embed, learned slopes, clear errors."""
+import contextlib
 import json
+import socket
 
 import numpy as np
 import pytest
@@ -110,3 +112,40 @@ def test_offline_download_is_clear(monkeypatch, tmp_path):
         resolve_checkpoint("hf://only-owner")
     with pytest.raises(DinosawError, match="not found"):
         resolve_checkpoint(tmp_path / "missing.pth")
+
+
+def test_hub_probe_leaves_the_process_socket_timeout_alone(monkeypatch):
+    """_hub_reachable used to reset socket.setdefaulttimeout to None for the whole process."""
+    from huggingface_hub import constants
+
+    from dinosaw_deploy.export.checkpoint import _hub_reachable
+
+    calls = []
+
+    def connect(address, timeout=None, *args, **kwargs):
+        calls.append((address, timeout))
+        if address[0] == "hub.invalid":
+            raise socket.gaierror("unresolvable")
+        return contextlib.nullcontext()
+
+    def resolve(*args, **kwargs):  # no network in tests, whichever call a probe makes
+        raise socket.gaierror("unresolvable")
+
+    monkeypatch.setattr(socket, "create_connection", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for name in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    previous = socket.getdefaulttimeout()
+    try:
+        socket.setdefaulttimeout(7.5)
+        monkeypatch.setattr(constants, "ENDPOINT", "https://hub.invalid")
+        assert _hub_reachable(timeout=3.0) is False
+        assert socket.getdefaulttimeout() == 7.5
+        monkeypatch.setattr(constants, "ENDPOINT", "http://mirror.example:8080")
+        assert _hub_reachable(timeout=3.0) is True and socket.getdefaulttimeout() == 7.5
+        assert calls == [(("hub.invalid", 443), 3.0), (("mirror.example", 8080), 3.0)]  # its own timeout
+        monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
+        assert _hub_reachable() is True and len(calls) == 2  # behind a proxy: no direct probe
+    finally:
+        socket.setdefaulttimeout(previous)

@@ -76,10 +76,10 @@ def test_export_matches_golden(root, tmp_path):
 
 
 def test_failed_verification_leaves_nothing(tmp_path, monkeypatch):
-    from dinosaw_deploy.export import onnx_export
+    from dinosaw_deploy.export import verify
     from dinosaw_deploy.export.build import run_export
 
-    monkeypatch.setattr(onnx_export, "FP32_ATOL", 0.0)
+    monkeypatch.setitem(verify.CRITERIA, "fp32", verify.Criterion("max_abs_error", 0.0))
     with pytest.raises(DinosawError, match="disagrees with PyTorch"):
         run_export(TINY / "weights_timm.pth", out_dir=tmp_path, name="m", config_path=TINY / "config.json")
     assert list(tmp_path.iterdir()) == []
@@ -99,7 +99,7 @@ def test_fp16_graph(tiny_engine):
 
 
 def test_fp16_cosine_including_flat(tiny_engine):
-    from dinosaw_deploy.export.onnx_export import token_cosine
+    from dinosaw_deploy.export.verify import token_cosine
 
     path = tiny_engine.with_name("tiny.fp16.onnx")
     for name, case in golden_cases(TINY).items():
@@ -109,3 +109,35 @@ def test_fp16_cosine_including_flat(tiny_engine):
     flat = np.full((1, 3, 70, 84), -0.5, np.float32)
     fp32 = ort_features(tiny_engine, flat, attention_bias(5, 6))
     assert token_cosine(ort_features(path, flat, attention_bias(5, 6)), fp32).min() >= 0.999
+
+
+def test_one_verification_rule_for_every_export_step():
+    """export/verify.py: one table of criteria by precision, used by the ONNX and the TensorRT checks."""
+    from dinosaw_deploy.export import onnx_export, tensorrt, verify
+
+    assert onnx_export.verify_outputs is tensorrt.verify_outputs is verify.verify_outputs
+    assert {k: (c.metric, c.bound) for k, c in verify.CRITERIA.items()} == {
+        "fp32": ("max_abs_error", 1e-4), "fp16": ("min_token_cosine", 0.999), "fp16-flag": ("min_token_cosine", 0.999)}
+    assert verify.PLAN_CRITERIA["fp32"].bound == 1e-3 and verify.PLAN_CRITERIA["fp16"] == verify.CRITERIA["fp16"]
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(2, 8, 3, 4)).astype(np.float32)
+    close, scaled = reference + 5e-5, reference * 3  # scaling keeps every token's direction
+    cases = {"close": verify.compare(reference, close, "close"), "scaled": verify.compare(reference, scaled, "s")}
+    assert verify.verify_outputs({"close": cases["close"]}, "fp32").passed
+    fp32 = verify.verify_outputs(cases, "fp32")
+    assert not fp32.passed and fp32.max_abs_error == pytest.approx(2 * np.abs(reference).max(), rel=1e-6)
+    with pytest.raises(DinosawError, match=r"m.onnx disagrees with PyTorch .*needs max abs error <= 0.0001\)"):
+        fp32.require("m.onnx", "PyTorch")
+    fp16 = verify.verify_outputs(cases, "fp16")
+    assert fp16.passed and fp16.min_token_cosine == pytest.approx(1.0)
+    report = fp16.report()
+    assert report["criterion"] == "min per-token cosine >= 0.999" and report["passed"] is True
+    assert set(report) == {"cases", "max_abs_error", "min_token_cosine", "criterion", "passed"}
+    with pytest.raises(DinosawError, match="no verification criterion for precision 'int8'"):
+        verify.verify_outputs(cases, "int8")
+    int8 = {**verify.CRITERIA, "int8": verify.Criterion("min_token_cosine", 0.99)}  # issue 13: one row
+    assert verify.verify_outputs(cases, "int8", int8).passed
+    with pytest.raises(DinosawError, match=r"bad: output shape \(2, 8, 3, 3\) != reference"):
+        verify.compare(reference, reference[..., :3], "bad")
+    orthogonal = np.stack([np.eye(8, dtype=np.float32)[:, :1], np.eye(8, dtype=np.float32)[:, 1:2]])[..., None]
+    assert verify.token_cosine(orthogonal[:1], orthogonal[1:]).max() == 0.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,13 +33,19 @@ from .conftest import DEPTH2, TINY, golden_cases
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 export_trt = pytest.importorskip("dinosaw_deploy.export.tensorrt")
+from dinosaw_deploy.export.verify import token_cosine  # noqa: E402
 
 
 # --------------------------------------------------------------------------- fakes
 class FakeCudart:
-    """``cuda.bindings.runtime`` on host memory: (err, *values) tuples, device != pinned memory."""
+    """``cuda.bindings.runtime`` on host memory: (err, *values) tuples, device != pinned memory.
 
-    cudaError_t = SimpleNamespace(cudaSuccess=0)
+    Like CUDA, a capture that an illegal call invalidated ends with ``cudaErrorStreamCaptureInvalidated`` and
+    no graph, and leaves that error as the "last error" until ``cudaGetLastError`` clears it. Graphs and
+    graph execs are tracked, so a leaked or double-freed one fails the test.
+    """
+
+    cudaError_t = SimpleNamespace(cudaSuccess=0, cudaErrorStreamCaptureInvalidated=901)
     cudaMemcpyKind = SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
     cudaStreamCaptureMode = SimpleNamespace(cudaStreamCaptureModeThreadLocal=1)
 
@@ -47,9 +54,14 @@ class FakeCudart:
         self.device: dict[int, np.ndarray] = {}
         self.pinned: dict[int, np.ndarray] = {}
         self.capturing: dict[int, list | None] = {}
+        self.invalidated: set[int] = set()  # streams whose capture an illegal call broke
+        self.live_graphs: dict[int, list] = {}  # cudaGraph_t -> recorded work
+        self.live_execs: dict[int, list] = {}  # cudaGraphExec_t -> recorded work
+        self.last_error = 0
         self.uploads = 0
         self.launches = 0
-        self.graphs = 0
+        self.graphs = 0  # instantiations
+        self._handles = iter(range(5000, 10**9))
 
     def _alloc(self, table: dict, nbytes: int) -> tuple[int, int]:
         buf = np.zeros(max(nbytes, 4), np.uint8)
@@ -58,6 +70,10 @@ class FakeCudart:
 
     def cudaGetErrorString(self, err):
         return 0, b"fake cuda error"
+
+    def cudaGetLastError(self):
+        err, self.last_error = self.last_error, 0
+        return (err,)
 
     def cudaGetDeviceCount(self):
         return 0, self.gpus
@@ -83,37 +99,51 @@ class FakeCudart:
         device, host = (dst, src) if kind == self.cudaMemcpyKind.cudaMemcpyHostToDevice else (src, dst)
         assert device in self.device and self.device[device].nbytes >= count, "copy outside a device allocation"
         assert host not in self.device, "host side of a copy is device memory"
-        assert self.capturing[stream] is None, "copies are not meant to be captured"
+        assert self.capturing[stream] is None, "copies are not meant to be captured (capture not ended?)"
         self.uploads += kind == self.cudaMemcpyKind.cudaMemcpyHostToDevice
         ctypes.memmove(dst, src, count)
         return (0,)
 
     def cudaStreamSynchronize(self, stream):
+        assert self.capturing[stream] is None, "synchronising a capturing stream"
         return (0,)
 
     def cudaStreamBeginCapture(self, stream, mode):
+        assert self.capturing[stream] is None, "capture already under way"
         self.capturing[stream] = []
         return (0,)
 
     def cudaStreamEndCapture(self, stream):
         ops, self.capturing[stream] = self.capturing[stream], None
-        return 0, ops
+        assert ops is not None, "no capture to end"
+        if stream in self.invalidated:
+            self.invalidated.discard(stream)
+            self.last_error = self.cudaError_t.cudaErrorStreamCaptureInvalidated
+            return self.last_error, None
+        graph = next(self._handles)
+        self.live_graphs[graph] = ops
+        return 0, graph
 
     def cudaGraphInstantiate(self, graph, flags):
+        assert graph in self.live_graphs, "instantiating a destroyed graph"
         self.graphs += 1
-        return 0, list(graph)
+        graph_exec = next(self._handles)
+        self.live_execs[graph_exec] = list(self.live_graphs[graph])
+        return 0, graph_exec
 
     def cudaGraphLaunch(self, graph_exec, stream):
+        assert graph_exec in self.live_execs, "launching a destroyed graph"
+        assert self.capturing[stream] is None, "graph launched into a capture"
         self.launches += 1
-        for op in graph_exec:
+        for op in self.live_execs[graph_exec]:
             op()
         return (0,)
 
     def cudaGraphDestroy(self, graph):
-        return (0,)
+        return (0,) if self.live_graphs.pop(graph, None) is not None else (1,)
 
     def cudaGraphExecDestroy(self, graph_exec):
-        return (0,)
+        return (0,) if self.live_execs.pop(graph_exec, None) is not None else (1,)
 
     def cudaFree(self, ptr):
         return (0,) if self.device.pop(ptr, None) is not None else (1,)  # double free -> error
@@ -122,7 +152,7 @@ class FakeCudart:
         return (0,) if self.pinned.pop(ptr, None) is not None else (1,)
 
     def cudaStreamDestroy(self, stream):
-        self.capturing.pop(stream)
+        assert self.capturing.pop(stream) is None, "destroying a capturing stream"
         return (0,)
 
     def read(self, ptr: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -134,13 +164,27 @@ class FakeCudart:
         assert ptr in self.device and self.device[ptr].nbytes >= array.nbytes, "output buffer too small"
         self.device[ptr].view(np.float32)[: array.size] = array.ravel()
 
+    def assert_clean(self) -> None:
+        """Nothing left allocated, no graph leaked, no stale error."""
+        assert not self.device and not self.pinned, "device or pinned memory leaked"
+        assert not self.live_graphs and not self.live_execs, "CUDA graph leaked"
+        assert not self.last_error, "a CUDA error was left uncleared"
+
 
 PLAN_MAGIC = b"FAKEPLAN\n"
 
 
 class FakeContext:
+    """An execution context. As the TensorRT docs require, a capture or a graph replay must follow one plain
+    ``execute_async_v3`` with the same input shapes (after any shape change); a stale CUDA error (left by a
+    failed capture) makes the next enqueue fail, as TensorRT checks the last CUDA error after its launches.
+    ``capture_failure``: None, "invalidated" (an illegal call breaks the capture) or "enqueue" (TensorRT
+    reports failure while the capture stays valid)."""
+
     def __init__(self, engine: "FakeEngine") -> None:
         self.engine, self.shapes, self.addresses = engine, {}, {}
+        self.prepared: dict | None = None  # shapes of the last plain enqueue
+        self.capture_failure: str | None = None
 
     def set_input_shape(self, name, shape):
         lo, _, hi = self.engine.profile[name]
@@ -155,25 +199,39 @@ class FakeContext:
 
     def get_tensor_shape(self, name):
         batch, _, height, width = self.shapes["pixel_values"]
-        return (batch, self.engine.channels, height // 14, width // 14)
+        p = self.engine.patch
+        return (batch, self.engine.channels, height // p, width // p)
 
-    def _execute(self) -> None:
-        pixels = self.engine.cuda.read(self.addresses["pixel_values"], self.shapes["pixel_values"])
-        bias = self.engine.cuda.read(self.addresses["attn_bias"], self.shapes["attn_bias"])
-        tokens = self.shapes["attn_bias"][-1]
-        assert tokens == 5 + (pixels.shape[2] // 14) * (pixels.shape[3] // 14), "bias and pixels disagree"
+    def _execute(self, shapes: dict, addresses: dict) -> None:
+        pixels = self.engine.cuda.read(addresses["pixel_values"], shapes["pixel_values"])
+        bias = self.engine.cuda.read(addresses["attn_bias"], shapes["attn_bias"])
+        p = self.engine.patch
+        assert shapes["attn_bias"][-1] == 5 + (pixels.shape[2] // p) * (pixels.shape[3] // p), "bias, pixels differ"
         (out,) = self.engine.session.run(["features"], {"pixel_values": pixels, "attn_bias": bias})
-        self.engine.cuda.write(self.addresses["features"], out)
+        self.engine.cuda.write(addresses["features"], out)
+
+    def _replay(self, shapes: dict, addresses: dict) -> None:
+        assert self.prepared == shapes, "CUDA graph replayed after another input shape ran, without a plain enqueue"
+        self._execute(shapes, addresses)
 
     def execute_async_v3(self, stream_handle):
         assert isinstance(stream_handle, int)
+        cuda = self.engine.cuda
         self.engine.executions += 1
-        capture = self.engine.cuda.capturing[stream_handle]
+        capture = cuda.capturing[stream_handle]
         if capture is None:
-            self._execute()
-        else:
-            shapes, addresses = dict(self.shapes), dict(self.addresses)
-            capture.append(lambda: (self.shapes.update(shapes), self.addresses.update(addresses), self._execute()))
+            if cuda.last_error:
+                return False
+            self.prepared = dict(self.shapes)
+            self._execute(self.shapes, self.addresses)
+            return True
+        assert self.prepared == self.shapes, "capture after an input-shape change without a plain enqueue first"
+        if self.capture_failure == "invalidated":
+            cuda.invalidated.add(stream_handle)
+        if self.capture_failure:
+            return False
+        shapes, addresses = dict(self.shapes), dict(self.addresses)
+        capture.append(lambda: self._replay(shapes, addresses))
         return True
 
 
@@ -185,6 +243,7 @@ class FakeEngine:
         self.profile = {k: [tuple(s) for s in v] for k, v in payload["profile"].items()}
         self.session = ort.InferenceSession(payload["onnx"], providers=["CPUExecutionProvider"])
         self.channels = self.session.get_outputs()[0].shape[1]
+        self.patch = 14  # the tiny ONNX's
         self.names = ["pixel_values", "attn_bias", "features"]
         self.executions = 0
 
@@ -204,32 +263,72 @@ class FakeEngine:
 
 
 class FakeLayer:
-    def __init__(self, kind: str) -> None:
-        self.type, self.precision, self.num_outputs, self.output_types = kind, None, 1, {}
+    """A layer of a TensorRT 10 network: strongly typed networks reject precisions and output types (TensorRT
+    logs an error and ignores the call; the fake raises so the test fails). TensorRT 11 layers have neither."""
+
+    def __init__(self, kind: str, strongly_typed: bool) -> None:
+        self.type, self.num_outputs, self.output_types = kind, 1, {}
+        self._precision, self._strongly_typed = None, strongly_typed
+
+    @property
+    def precision(self):
+        return self._precision
+
+    @precision.setter
+    def precision(self, dtype):
+        assert not self._strongly_typed, "strongly typed networks reject ILayer.precision"
+        self._precision = dtype
 
     def set_output_type(self, index, dtype):
+        assert not self._strongly_typed, "strongly typed networks reject ILayer.set_output_type"
         self.output_types[index] = dtype
 
 
+class FakeLayer11:
+    """A TensorRT 11 layer: no ``precision``, no ``set_output_type`` (python/src/infer/pyGraph.cpp, 11.1)."""
+
+    __slots__ = ("type", "num_outputs")
+
+    def __init__(self, kind: str) -> None:
+        self.type, self.num_outputs = kind, 1
+
+
+# Enums as the 10.8 and 11.1 Python bindings define them (python/src/infer/pyCore.cpp, include/NvInfer.h).
+NETWORK_FLAGS = {
+    10: {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1},  # EXPLICIT_BATCH: deprecated, ignored
+    11: {"STRONGLY_TYPED": 0, "PREFER_JIT_PYTHON_PLUGINS": 1, "PREFER_AOT_PYTHON_PLUGINS": 2},  # always strong
+}
+BUILDER_FLAGS_10 = ["FP16", "BF16", "INT8", "DEBUG", "GPU_FALLBACK", "REFIT", "DISABLE_TIMING_CACHE",
+                    "EDITABLE_TIMING_CACHE", "TF32", "SPARSE_WEIGHTS", "SAFETY_SCOPE", "OBEY_PRECISION_CONSTRAINTS",
+                    "PREFER_PRECISION_CONSTRAINTS", "DIRECT_IO", "REJECT_EMPTY_ALGORITHMS", "VERSION_COMPATIBLE",
+                    "EXCLUDE_LEAN_RUNTIME", "FP8", "ERROR_ON_TIMING_CACHE_MISS", "DISABLE_COMPILATION_CACHE",
+                    "WEIGHTLESS", "STRIP_PLAN", "REFIT_IDENTICAL", "WEIGHT_STREAMING", "INT4", "REFIT_INDIVIDUAL",
+                    "STRICT_NANS", "MONITOR_MEMORY", "FP4"]
+REMOVED_IN_11 = {"FP16", "BF16", "INT8", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS",
+                 "REJECT_EMPTY_ALGORITHMS", "FP8", "WEIGHTLESS", "INT4", "FP4"}
+BUILDER_FLAGS = {10: BUILDER_FLAGS_10,
+                 11: [f for f in BUILDER_FLAGS_10 if f not in REMOVED_IN_11] + ["DISTRIBUTIVE_INDEPENDENCE"]}
+
+
 class FakeTensorRT:
-    """The ``tensorrt`` module as far as export/tensorrt.py and backends/tensorrt.py use it."""
+    """The ``tensorrt`` module as far as export/tensorrt.py and backends/tensorrt.py use it (10.x or 11.x)."""
 
     TensorIOMode = SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
     MemoryPoolType = SimpleNamespace(WORKSPACE="WORKSPACE")
     HardwareCompatibilityLevel = SimpleNamespace(AMPERE_PLUS="AMPERE_PLUS")
     LayerType = SimpleNamespace(NORMALIZATION="NORMALIZATION", SOFTMAX="SOFTMAX", MATRIX_MULTIPLY="MATRIX_MULTIPLY")
-    NetworkDefinitionCreationFlag = SimpleNamespace(STRONGLY_TYPED=0)
     float32 = "float32"
 
     def __init__(self, cuda: FakeCudart, version: str = "10.8.0.43") -> None:
         self.__version__ = version
         self.cuda = cuda
-        flags = ["TF32", "PREFER_PRECISION_CONSTRAINTS", "VERSION_COMPATIBLE"]
-        if version.startswith("10."):
-            flags.append("FP16")  # removed in TensorRT 11
-        self.BuilderFlag = SimpleNamespace(**{f: f for f in flags})
+        major = int(version.split(".")[0])
+        self.NetworkDefinitionCreationFlag = SimpleNamespace(**NETWORK_FLAGS[major])
+        self.BuilderFlag = SimpleNamespace(**{f: f for f in BUILDER_FLAGS[major]})
         self.deserialised = 0
         self.builds: list[dict] = []
+        self.timing_cache_device = cuda.name  # what a cache created here is tagged with
+        self.accepts_timing_caches = True
         fake = self
 
         class Logger:
@@ -261,12 +360,17 @@ class FakeTensorRT:
                 pass
 
             def create_network(self, flags):
-                layers = [FakeLayer(k) for k in ("NORMALIZATION", "MATRIX_MULTIPLY", "SOFTMAX")]
-                return SimpleNamespace(flags=flags, onnx=None, layers=layers, num_layers=len(layers),
-                                       get_layer=layers.__getitem__)
+                known = sum(1 << v for v in NETWORK_FLAGS[major].values())
+                if flags & ~known:
+                    return None  # TensorRT logs "invalid flags" and returns no network
+                strong = major >= 11 or bool(flags >> NETWORK_FLAGS[10]["STRONGLY_TYPED"] & 1)
+                kinds = ("NORMALIZATION", "MATRIX_MULTIPLY", "SOFTMAX")
+                layers = [FakeLayer11(k) if major >= 11 else FakeLayer(k, strong) for k in kinds]
+                return SimpleNamespace(flags=flags, strongly_typed=strong, onnx=None, layers=layers,
+                                       num_layers=len(layers), get_layer=layers.__getitem__)
 
             def create_builder_config(self):
-                return FakeConfig()
+                return FakeConfig(fake)
 
             def create_optimization_profile(self):
                 profile = SimpleNamespace(shapes={})
@@ -281,14 +385,28 @@ class FakeTensorRT:
         self.Logger, self.Runtime, self.OnnxParser, self.Builder = Logger, Runtime, OnnxParser, Builder
 
 
+class FakeTimingCache:
+    """Serialised as ``TC|<device>|`` plus one ``+`` per build that used it."""
+
+    MAGIC = b"TC|"
+
+    def __init__(self, device: bytes, builds: int) -> None:
+        self.device, self.builds = device, builds
+
+    def serialize(self) -> bytes:
+        return self.MAGIC + self.device + b"|" + b"+" * (self.builds + 1)
+
+
 class FakeConfig:
-    def __init__(self) -> None:
+    def __init__(self, trt: FakeTensorRT) -> None:
+        self.trt = trt
         self.flags = {"TF32"}  # on by default, as in TensorRT
         self.profiles, self.pools, self.cache = [], {}, None
         self.builder_optimization_level = 3
         self.hardware_compatibility_level = None
 
     def set_flag(self, flag):
+        assert flag in vars(self.trt.BuilderFlag).values(), f"no BuilderFlag {flag} in TensorRT {self.trt.__version__}"
         self.flags.add(flag)
 
     def clear_flag(self, flag):
@@ -301,14 +419,25 @@ class FakeConfig:
         self.profiles.append(profile)
 
     def create_timing_cache(self, data):
-        return SimpleNamespace(data=bytes(data), serialize=lambda: bytes(data) + b"+")
+        """A new cache for b"", the parsed one for our format, None (TensorRT's null) for anything else."""
+        data = bytes(data)
+        if not data:
+            return FakeTimingCache(self.trt.timing_cache_device, 0)
+        if not data.startswith(FakeTimingCache.MAGIC) or data.count(b"|") != 2:
+            return None
+        device, builds = data[len(FakeTimingCache.MAGIC):].split(b"|")
+        return FakeTimingCache(device, len(builds))
 
     def set_timing_cache(self, cache, ignore_mismatch):
+        if not isinstance(cache, FakeTimingCache):
+            raise TypeError("set_timing_cache(): incompatible function arguments")  # pybind11 on None
+        if not self.trt.accepts_timing_caches or (cache.device != self.trt.timing_cache_device and not ignore_mismatch):
+            return False  # "A failure will be reported if the CUDA device property ... is different"
         self.cache = cache
         return True
 
     def get_timing_cache(self):
-        return self.cache
+        return self.cache  # None if no cache is set
 
 
 @pytest.fixture
@@ -370,9 +499,30 @@ def test_profile_checks_and_ort_strings():
 def test_bad_profiles_are_refused(kwargs, match):
     with pytest.raises(DinosawError, match=match):
         TileProfile(**kwargs)
-    with pytest.raises(DinosawError):  # the CLI options are checked before any slow work
+    with pytest.raises(DinosawError, match=match):  # the plan options, against the model's patch
         export_trt.PlanOptions(tile=kwargs.get("opt_tile", 518), min_tile=kwargs.get("min_tile"),
-                               max_batch=kwargs.get("max_batch", 64))
+                               max_batch=kwargs.get("max_batch", 64)).profile(VITS14)
+
+
+VITS14 = {"architecture": {"patch_size": 14, "num_heads": 6}, "bias": {}}
+VITB16 = {"architecture": {"patch_size": 16, "num_heads": 12}, "bias": {}}
+
+
+def test_plan_options_use_the_engines_patch_size(engines, monkeypatch):
+    """Tiles are checked against the model's own patch (from its manifest), not a hard-coded 14."""
+    options = export_trt.PlanOptions(tile=512, min_tile=256, max_tile=512, max_batch=2)  # multiples of 16
+    assert options.profile(VITB16).patch_size == 16 and options.profile(VITB16).max_tile == 512
+    with pytest.raises(DinosawError, match="multiple of the 14-px patch"):
+        options.profile(VITS14)
+    for bad in ({"tile": 224, "min_tile": 518}, {"max_batch": 0}):  # patch-free mistakes: refused at once
+        with pytest.raises(DinosawError):
+            export_trt.PlanOptions(**bad)
+    # build_plan reads the patch from the ONNX's manifest and refuses bad tiles before TensorRT loads
+    manifest = read_manifest(engines / "tiny.onnx")
+    write_manifest(engines / "tiny.onnx", {**manifest, "architecture": {**manifest["architecture"], "patch_size": 16}})
+    monkeypatch.setattr(export_trt, "import_tensorrt", lambda: pytest.fail("TensorRT loaded before the tile check"))
+    with pytest.raises(DinosawError, match=r"--tile 70 is not a multiple of the 16-px patch \(try 64 or 80\)"):
+        export_trt.build_plan(engines / "tiny.onnx", SMALL)
 
 
 def test_make_profile_follows_the_bias_config():
@@ -458,7 +608,10 @@ def test_precision_and_network_flags(fake_gpu):
     assert export_trt.plan_precision("fp32", True, 10) == "fp16-flag"
     with pytest.raises(DinosawError, match="TensorRT 11 builds strongly typed"):
         export_trt.plan_precision("fp32", True, 11)
-    assert export_trt.network_flags(trt, "fp16") == 1 and export_trt.network_flags(trt, "fp16-flag") == 0
+    # STRONGLY_TYPED is enum value 1 on TensorRT 10 (value 0 is the ignored EXPLICIT_BATCH) ...
+    assert export_trt.network_flags(trt, "fp16") == 1 << 1 and export_trt.network_flags(trt, "fp16-flag") == 0
+    # ... and 0 on TensorRT 11 (deprecated there: always strongly typed; 1 is PREFER_JIT_PYTHON_PLUGINS)
+    assert export_trt.network_flags(FakeTensorRT(fake_gpu[1], version="11.1.0.5"), "fp32") == 1 << 0
     assert plan_path_for("e/x.fp16.onnx", "fp16") == Path("e/x.fp16.plan")
     assert plan_path_for("e/x.onnx", "fp16-flag") == Path("e/x.fp16-flag.plan")
 
@@ -468,7 +621,7 @@ def test_build_plan_writes_a_verified_plan_manifest_and_timing_cache(fake_gpu, e
     plan = export_trt.build_plan(engines / "tiny.fp16.onnx", SMALL)
     assert plan == engines / "tiny.fp16.plan"
     build = trt.builds[-1]
-    assert build["network"].flags == 1 and build["network"].onnx == str(engines / "tiny.fp16.onnx")
+    assert build["network"].strongly_typed and build["network"].onnx == str(engines / "tiny.fp16.onnx")
     config = build["config"]
     assert config.flags == {"TF32"} and config.builder_optimization_level == 3 and not config.pools
     shapes = config.profiles[0].shapes
@@ -485,13 +638,13 @@ def test_build_plan_writes_a_verified_plan_manifest_and_timing_cache(fake_gpu, e
     assert manifest["verification"]["passed"] and manifest["verification"]["reference"].startswith("tiny.onnx")
     assert manifest["verification"]["min_token_cosine"] >= 0.999
     cache = engines / "timing-sm90-trt10.8.0.43.cache"
-    assert cache.read_bytes() == b"+"
-    assert not cudart.device and not cudart.pinned, "verification leaked device memory"
+    assert cache.read_bytes() == b"TC|NVIDIA H100 80GB HBM3|+" and manifest["tensorrt"]["timing_cache"] == cache.name
+    cudart.assert_clean()  # verification freed everything
 
     with pytest.raises(DinosawError, match="exists; pass --overwrite"):
         export_trt.build_plan(engines / "tiny.fp16.onnx", SMALL)
     export_trt.build_plan(engines / "tiny.fp16.onnx", SMALL, overwrite=True)
-    assert trt.builds[-1]["config"].cache.data == b"+" and cache.read_bytes() == b"++"  # cache reused, extended
+    assert trt.builds[-1]["config"].cache.builds == 1 and cache.read_bytes().endswith(b"|++")  # reused, extended
 
 
 def test_build_options_reach_the_builder(fake_gpu, engines):
@@ -525,6 +678,58 @@ def test_tensorrt_11_has_no_fp16_flag_path(fake_gpu, engines, monkeypatch):
     assert not list(engines.glob("*.plan"))
 
 
+def test_tensorrt_11_builds_strongly_typed_plans(fake_gpu, engines, monkeypatch):
+    """TensorRT 11: no FP16/precision-constraint flags, no layer precisions; fp16 and fp32 plans still build."""
+    trt11 = FakeTensorRT(fake_gpu[1], version="11.1.0.5")
+    monkeypatch.setattr(export_trt, "import_tensorrt", lambda: trt11)
+    monkeypatch.setattr(trt_backend_module, "import_tensorrt", lambda: trt11)
+    assert not hasattr(trt11.BuilderFlag, "PREFER_PRECISION_CONSTRAINTS") and not hasattr(trt11.BuilderFlag, "FP16")
+    for onnx_name, plan_name in (("tiny.fp16.onnx", "tiny.fp16.plan"), ("tiny.onnx", "tiny.plan")):
+        plan = export_trt.build_plan(engines / onnx_name, SMALL)
+        network, config = trt11.builds[-1]["network"], trt11.builds[-1]["config"]
+        assert plan.name == plan_name and network.strongly_typed and network.flags == 1  # STRONGLY_TYPED = 0
+        assert read_manifest(plan)["verification"]["passed"] and config.flags <= {"TF32"}
+    fake_gpu[1].assert_clean()
+
+
+def test_strongly_typed_networks_get_no_layer_precisions(fake_gpu):
+    """pin_fp32_islands is for weakly typed TensorRT 10 networks only; the fakes reject it elsewhere, as
+    TensorRT does (10: "Strongly-typed networks reject calls to method setPrecision"; 11: no such API)."""
+    trt, cudart = fake_gpu
+    builder = trt.Builder(trt.Logger(trt.Logger.WARNING))
+    assert export_trt.pin_fp32_islands(trt, builder.create_network(0)) == 2
+    with pytest.raises(AssertionError, match="reject ILayer.precision"):
+        export_trt.pin_fp32_islands(trt, builder.create_network(export_trt.network_flags(trt, "fp16")))
+    trt11 = FakeTensorRT(cudart, version="11.1.0.5")
+    with pytest.raises(AttributeError):
+        export_trt.pin_fp32_islands(trt11, trt11.Builder(None).create_network(export_trt.network_flags(trt11, "fp16")))
+    assert trt.Builder(None).create_network(1 << 5) is None  # unknown creation flags: no network
+    with pytest.raises(AttributeError):  # flags TensorRT 11 removed do not exist there
+        trt11.BuilderFlag.OBEY_PRECISION_CONSTRAINTS
+
+
+@pytest.mark.parametrize("saved, note", [
+    (b"junk from a crash", "refused the saved timing cache"),  # create_timing_cache -> None
+    (b"TC|NVIDIA A100-SXM4-80GB|+++", "refused the saved timing cache"),  # set_timing_cache -> False
+    (None, "building without one"),  # TensorRT takes no cache at all
+])
+def test_refused_timing_caches_are_replaced_never_serialised_when_missing(fake_gpu, engines, saved, note):
+    trt, _ = fake_gpu
+    cache = engines / "timing-sm90-trt10.8.0.43.cache"
+    if saved is not None:
+        cache.write_bytes(saved)
+    else:
+        trt.accepts_timing_caches = False
+    said = []
+    plan = export_trt.build_plan(engines / "tiny.fp16.onnx", SMALL, echo=said.append)
+    assert any(note in line for line in said)
+    if saved is not None:  # a fresh cache from this build replaces the refused one
+        assert cache.read_bytes() == b"TC|NVIDIA H100 80GB HBM3|+"
+        assert read_manifest(plan)["tensorrt"]["timing_cache"] == cache.name
+    else:
+        assert not cache.exists() and read_manifest(plan)["tensorrt"]["timing_cache"] is None
+
+
 # --------------------------------------------------------------------------- runtime (fake TensorRT)
 def test_plan_runs_like_the_onnx(fake_gpu, engines):
     trt, cudart = fake_gpu
@@ -552,22 +757,71 @@ def test_plan_runs_like_the_onnx(fake_gpu, engines):
     assert cudart.uploads - uploads == 2 + 4  # two new grids' biases + one pixel upload per call
 
 
-def test_cuda_graph_replay_matches(fake_gpu, engines):
-    _, cudart = fake_gpu
+def _graph_run(engines, **backend_options):
     plan = export_trt.build_plan(engines / "tiny.onnx", SMALL)
-    backend = TensorRTBackend(plan, cuda_graphs=True, bias_cache=1)
-    fx = FeatureExtractor(plan, backend=backend)
+    backend = TensorRTBackend(plan, cuda_graphs=True, **backend_options)
     plain = FeatureExtractor(engines / "tiny.onnx", backend="cpu")
     rng = np.random.default_rng(4)
-    a, b = rng.normal(size=(2, 3, 70, 70)).astype(np.float32), rng.normal(size=(1, 3, 42, 56)).astype(np.float32)
-    for pixels in (a, a + 1, b, a):
-        np.testing.assert_allclose(fx.run(pixels), plain.run(pixels), atol=1e-5)
-    # shapes (2,70,70) captured, replayed; (1,42,56) captured and evicted a's bias -> a recaptured
-    assert cudart.graphs == 3 and cudart.launches == 4
+    inputs = {"A": rng.normal(size=(2, 3, 70, 70)).astype(np.float32),
+              "B": rng.normal(size=(1, 3, 42, 56)).astype(np.float32)}
+
+    def run(sequence: str) -> None:
+        for key in sequence:
+            pixels = inputs[key] + rng.normal(size=inputs[key].shape).astype(np.float32)  # new data each call
+            np.testing.assert_allclose(FeatureExtractor(plan, backend=backend).run(pixels), plain.run(pixels),
+                                       atol=1e-5)
+
+    return backend, run
+
+
+def test_cuda_graphs_replay_only_after_a_plain_enqueue_of_their_shape(fake_gpu, engines):
+    """TensorRT: after an input-shape change, execute_async_v3 must run once before a capture or a replay.
+    The fake context asserts both; every output is checked against ONNX Runtime."""
+    _, cudart = fake_gpu
+    backend, run = _graph_run(engines)
+    executions = lambda: backend.engine.executions  # noqa: E731
+    run("AABA")  # A plain, A captured + replayed, B plain, back to A: plain first (its shape changed)
+    assert (cudart.graphs, cudart.launches, executions()) == (1, 1, 4)
+    run("AA")  # A's graph replayed again: no new capture, no extra execution
+    assert (cudart.graphs, cudart.launches, executions()) == (1, 3, 4)
+    run("BB")  # B plain (shape changed), then captured + replayed
+    assert (cudart.graphs, cudart.launches, executions()) == (2, 4, 6)
     backend.close()
-    assert not cudart.device and not cudart.pinned
+    cudart.assert_clean()
+
+
+def test_evicted_biases_take_their_graphs_along(fake_gpu, engines):
+    _, cudart = fake_gpu
+    backend, run = _graph_run(engines, bias_cache=1)
+    run("AABBAA")  # each switch evicts the other grid's bias and the graph that baked in its address
+    assert (cudart.graphs, cudart.launches) == (3, 3) and len(cudart.live_execs) == 1
+    backend.close()
+    cudart.assert_clean()
+
+
+@pytest.mark.parametrize("failure", ["invalidated", "enqueue"])
+def test_failed_capture_ends_cleanly_and_falls_back_to_plain_enqueue(fake_gpu, engines, failure, caplog):
+    """A failed capture is ended, its partial graph destroyed and the CUDA error cleared (else the next
+    enqueue fails); that shape then runs without a graph, other shapes still get theirs."""
+    _, cudart = fake_gpu
+    backend, run = _graph_run(engines)
+    backend.context.capture_failure = failure
+    with caplog.at_level(logging.WARNING, logger="dinosaw_deploy"):
+        run("AAA")  # plain, failed capture -> plain, plain (no second try)
+    assert cudart.graphs == 0 and cudart.launches == 0 and backend.engine.executions == 4
+    assert not cudart.live_graphs and not cudart.last_error
+    assert sum("cannot be captured in a CUDA graph" in r.getMessage() for r in caplog.records) == 1
+    backend.context.capture_failure = None
+    run("BB")
+    assert cudart.graphs == 1 and cudart.launches == 1
+    backend.close()
+    cudart.assert_clean()
+
+
+def test_cuda_graph_backend_is_checked_against_its_model(fake_gpu, engines):
+    plan = export_trt.build_plan(engines / "tiny.onnx", SMALL)
     with pytest.raises(DinosawError, match="runs .*tiny.plan, not"):
-        FeatureExtractor(engines / "tiny.onnx", backend=TensorRTBackend(plan))
+        FeatureExtractor(engines / "tiny.onnx", backend=TensorRTBackend(plan, cuda_graphs=True))
 
 
 def test_stale_or_broken_plans_fail_before_tensorrt_sees_them(fake_gpu, engines):
@@ -617,8 +871,9 @@ def test_plans_without_tensorrt_or_manifest_are_clear_errors(engines, tmp_path):
         FeatureExtractor(plan, backend="cpu")
     result = CliRunner().invoke(main, ["export", "--from-onnx", str(engines / "tiny.onnx"), "--checkpoint", "w.pth"])
     assert result.exit_code == 1 and "--from-onnx only builds a plan" in result.output
-    result = CliRunner().invoke(main, ["export", "--tile", "500", "--tensorrt"])
-    assert result.exit_code == 1 and "(try 490 or 504)" in result.output
+    # tiles are checked against the ONNX's own patch (14 here) before TensorRT is even imported
+    result = CliRunner().invoke(main, ["export", "--from-onnx", str(engines / "tiny.onnx"), "--tile", "500"])
+    assert result.exit_code == 1 and "(try 490 or 504)" in result.output and result.output.count("\n") == 1
     if not export_trt.tensorrt_available():  # a forced plan build fails before the (slow) export
         out = tmp_path / "out"
         out.mkdir()
@@ -666,11 +921,6 @@ def _torch_reference(root: Path):
     return load_checkpoint(root / "weights_timm.pth", config_path=root / "config.json")
 
 
-def _token_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-
-
 def _numerics_cases(fx: FeatureExtractor) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(5)
     return {
@@ -701,7 +951,7 @@ def test_fp16_onnx_matches_fp32_pytorch(root, tiny_engine, tmp_path):
             expected = loaded.model(torch.from_numpy(pixels), torch.from_numpy(np.array(fx.bias(h, w)))).numpy()
         got = fx.run(pixels)
         assert np.isfinite(got).all(), name
-        assert _token_cosine(got, expected).min() >= 0.999, name
+        assert token_cosine(got, expected).min() >= 0.999, name
 
 
 # --------------------------------------------------------------------------- real GPU
@@ -751,7 +1001,7 @@ def test_gpu_plan_matches_pytorch(depth2_plans, precision):
         got = fx.run(case["input"])
         np.testing.assert_allclose(graphs.run(case["input"]), got, atol=1e-5)
         if precision == "fp16":
-            assert _token_cosine(got, case["feature_map"]).min() >= 0.999, name
+            assert token_cosine(got, case["feature_map"]).min() >= 0.999, name
         else:
             assert np.abs(got - case["feature_map"]).max() <= 1e-3, name
 
@@ -766,4 +1016,4 @@ def test_gpu_rebuild_after_manifest_mismatch(depth2_plans):
     assert "--max-tile 224 --max-batch 2" in str(info.value)
     export_trt.build_plan(plan.with_name("d2.fp16.onnx"), GPU_OPTIONS, overwrite=True)
     case = golden_cases(DEPTH2)["img224"]
-    assert _token_cosine(FeatureExtractor(plan).run(case["input"]), case["feature_map"]).min() >= 0.999
+    assert token_cosine(FeatureExtractor(plan).run(case["input"]), case["feature_map"]).min() >= 0.999

@@ -5,12 +5,13 @@ is the one optional dependency the native TensorRT backend uses for memory; it i
 lazily so the runtime stays importable without it. Every call returns ``(err, *values)``;
 :meth:`CudaRuntime.call` turns a non-success code into a :class:`DinosawError`.
 
-UNVERIFIED on a GPU: written against the documented ``cuda.bindings.runtime`` API and tested on
-CPU with a fake of that module only.
+UNVERIFIED on a GPU: written against the documented ``cuda.bindings.runtime`` API (every call used
+here exists in cuda-bindings 12.9 and 13.5) and tested on CPU with a fake of that module only.
 """
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,15 +87,48 @@ class CudaRuntime:
     def synchronize(self, stream: int) -> None:
         self.call("cudaStreamSynchronize", stream)
 
-    def begin_capture(self, stream: int) -> None:
-        self.call("cudaStreamBeginCapture", stream, self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal)
+    def capture(self, stream: int, enqueue: Callable[[], bool]) -> Any | None:
+        """Record the work ``enqueue()`` puts on ``stream`` into a launchable graph (a ``cudaGraphExec_t``).
 
-    def end_capture(self, stream: int) -> Any:
-        """Finish a capture and return the instantiated, launchable graph."""
-        (graph,) = self.call("cudaStreamEndCapture", stream)
-        (graph_exec,) = self.call("cudaGraphInstantiate", graph, 0)
-        self.call("cudaGraphDestroy", graph)
-        return graph_exec
+        Nothing runs during a capture: launch the graph for that. None if the work cannot be captured
+        (``enqueue`` returns False, or CUDA refuses): the capture is then ended, any partial graph destroyed
+        and the error cleared, so plain launches on ``stream`` keep working (as TensorRT's trtexec does).
+        """
+        rt = self.rt
+        success = rt.cudaError_t.cudaSuccess
+        mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        if _status(rt.cudaStreamBeginCapture(stream, mode)) != success:
+            rt.cudaGetLastError()
+            return None
+        try:
+            captured = enqueue()
+        except BaseException:
+            self._discard_capture(stream)
+            raise
+        if not captured:
+            self._discard_capture(stream)
+            return None
+        result = rt.cudaStreamEndCapture(stream)
+        if _status(result) != success:  # e.g. cudaErrorStreamCaptureInvalidated: no graph was made
+            rt.cudaGetLastError()
+            return None
+        graph = result[1]
+        try:
+            result = rt.cudaGraphInstantiate(graph, 0)
+        finally:
+            self.call("cudaGraphDestroy", graph)
+        if _status(result) != success:
+            rt.cudaGetLastError()
+            return None
+        return result[1]
+
+    def _discard_capture(self, stream: int) -> None:
+        """End a failed capture: destroy the graph it made (if TensorRT failed but the capture stayed valid)
+        and clear the error it left, which later launches would otherwise report as theirs."""
+        result = self.rt.cudaStreamEndCapture(stream)
+        if _status(result) == self.rt.cudaError_t.cudaSuccess and result[1] is not None:
+            self.rt.cudaGraphDestroy(result[1])
+        self.rt.cudaGetLastError()
 
     def launch(self, graph_exec: Any, stream: int) -> None:
         self.call("cudaGraphLaunch", graph_exec, stream)
@@ -110,3 +144,8 @@ class CudaRuntime:
 
     def destroy_stream(self, stream: int) -> None:
         self.call("cudaStreamDestroy", stream)
+
+
+def _status(result: Any) -> Any:
+    """The error code of a ``cuda.bindings`` call: the first item of its tuple."""
+    return result[0] if isinstance(result, tuple) else result

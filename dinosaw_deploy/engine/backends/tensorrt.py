@@ -7,7 +7,8 @@ CPU fallback. Device buffers are allocated once for the profile's largest batch 
 grid's bias is uploaded once and cached; optional CUDA-graph replay per input shape.
 
 UNVERIFIED on a GPU: written against the documented TensorRT 10/11 Python API and exercised on
-CPU only through fakes of ``tensorrt`` and ``cuda.bindings.runtime`` (tests/test_tensorrt.py).
+CPU only through fakes of ``tensorrt`` and ``cuda.bindings.runtime`` (tests/test_tensorrt.py):
+no GPU or TensorRT was available where this was written and tested.
 """
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ class TensorRTBackend(Backend):
     Args:
         plan_path: the ``.plan``; its manifest ``X.plan.json`` must sit beside it.
         manifest: use this record instead of reading the sidecar (the exporter verifies plans this way).
-        cuda_graphs: capture ``execute_async_v3`` once per (batch, H, W) and replay it.
+        cuda_graphs: capture ``execute_async_v3`` once per input shape and replay it (shapes that cannot be
+            captured run without a graph).
         bias_cache: how many grids' biases stay on the device.
     """
 
@@ -120,7 +122,9 @@ class TensorRTBackend(Backend):
         self._h_in_ptr, self._h_in = self.cuda.pinned(self._in_bytes)
         self._h_out_ptr, self._h_out = self.cuda.pinned(self._out_bytes)
         self._biases: OrderedDict[tuple[int, ...], int] = OrderedDict()  # (h, w, heads) -> device pointer
-        self._graphs: dict[tuple[int, ...], Any] = {}  # (batch, H, W, heads) -> graph exec
+        self._graphs: dict[tuple[int, ...], Any] = {}  # (batch, H, W, h, w, heads) -> graph exec
+        self._uncapturable: set[tuple[int, ...]] = set()  # shapes whose capture failed: plain enqueue
+        self._enqueued_shape: tuple[int, ...] | None = None  # input shapes of the last plain enqueue
 
     def check_input(self, batch: int, height: int, width: int) -> None:
         self.profile.check(batch, height, width)
@@ -142,23 +146,33 @@ class TensorRTBackend(Backend):
             self.cuda.free(old_ptr)
         return ptr
 
+    def _execute(self) -> None:
+        if not self.context.execute_async_v3(self.stream):
+            raise DinosawError(f"TensorRT failed to enqueue {self.model_path.name} (see its log above)")
+
     def _enqueue(self, shape_key: tuple[int, ...]) -> None:
-        if not self.cuda_graphs:
-            if not self.context.execute_async_v3(self.stream):
-                raise DinosawError(f"TensorRT failed to enqueue {self.model_path.name} (see its log above)")
+        """Run the engine on the shapes and addresses just set, from a CUDA graph where possible.
+
+        TensorRT must run one plain ``execute_async_v3`` after the input shapes change before a graph is
+        captured or replayed (it updates shape-dependent state then). So the first call after a change runs
+        plainly (it does the work; nothing runs twice); later calls with the same shapes capture once, then
+        replay. A shape whose capture fails runs plainly from then on.
+        """
+        if not self.cuda_graphs or shape_key != self._enqueued_shape or shape_key in self._uncapturable:
+            self._execute()
+            self._enqueued_shape = shape_key
             return
-        if shape_key not in self._graphs:
-            # TensorRT needs one plain enqueue after shape changes before a capture.
-            if not self.context.execute_async_v3(self.stream):
-                raise DinosawError(f"TensorRT failed to enqueue {self.model_path.name} (see its log above)")
-            self.cuda.begin_capture(self.stream)
-            ok = self.context.execute_async_v3(self.stream)
-            graph = self.cuda.end_capture(self.stream)
-            if not ok:
-                self.cuda.free_graph(graph)
-                raise DinosawError(f"TensorRT failed to capture {self.model_path.name} in a CUDA graph")
+        graph = self._graphs.get(shape_key)
+        if graph is None:
+            graph = self.cuda.capture(self.stream, lambda: self.context.execute_async_v3(self.stream))
+            if graph is None:
+                log.warning("%s: input %s cannot be captured in a CUDA graph; running it without one",
+                            self.model_path.name, shape_key[:3])
+                self._uncapturable.add(shape_key)
+                self._execute()
+                return
             self._graphs[shape_key] = graph
-        self.cuda.launch(self._graphs[shape_key], self.stream)
+        self.cuda.launch(graph, self.stream)
 
     def run(self, pixel_values: np.ndarray, attn_bias: np.ndarray) -> np.ndarray:
         batch, _, height, width = pixel_values.shape
@@ -199,7 +213,7 @@ class TensorRTBackend(Backend):
         cuda.free_pinned(self._h_in_ptr)
         cuda.free_pinned(self._h_out_ptr)
         cuda.destroy_stream(self.stream)
-        self._graphs, self._biases = {}, OrderedDict()
+        self._graphs, self._biases, self._uncapturable, self._enqueued_shape = {}, OrderedDict(), set(), None
         del self.stream
 
     def __del__(self) -> None:
