@@ -33,7 +33,8 @@ from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.export.build import artifact_metadata
 from dinosaw_deploy.export.checkpoint import LoadedCheckpoint
 from dinosaw_deploy.export.model import AlibiDv2, AlibiDv2Config
-from dinosaw_deploy.export.onnx_export import export_onnx, token_cosine
+from dinosaw_deploy.export.onnx_export import export_onnx
+from dinosaw_deploy.export.verify import token_cosine
 from dinosaw_deploy.synthetic import render_region
 
 

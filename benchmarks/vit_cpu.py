@@ -21,7 +21,8 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from dinosaw_deploy.engine.bias import BiasConfig, attention_bias
 from dinosaw_deploy.export.model import AlibiDv2, AlibiDv2Config
-from dinosaw_deploy.export.onnx_export import export_onnx, token_cosine
+from dinosaw_deploy.export.onnx_export import export_onnx
+from dinosaw_deploy.export.verify import token_cosine
 
 
 def golden_like_weights(model: AlibiDv2, seed: int = 0) -> AlibiDv2:
