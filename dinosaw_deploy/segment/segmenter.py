@@ -23,7 +23,9 @@ from dinosaw_deploy.engine.manifest import engine_identity
 from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.image.intensity import fit_intensity_range, scale_intensity
 from dinosaw_deploy.image.reader import ArrayRegions, RegionSource
+from dinosaw_deploy.segment.booster_check import check_booster
 from dinosaw_deploy.segment.bundle import Bundle, load_bundle, save_bundle
+from dinosaw_deploy.segment.bundle_schema import check_arrays, check_config
 from dinosaw_deploy.segment.classifier import (
     MAX_PIXEL_CLASS_PAIRS,
     PREDICT_PARAMS,
@@ -299,28 +301,28 @@ class Segmenter:
     @classmethod
     def load(cls, path: str | os.PathLike, extractor: Any = None, **options: Any) -> Segmenter:
         """A trained segmenter from a ``.dsw`` bundle; ``extractor`` must be the model's engine
-        (same weights; fp32 or fp16) when the bundle uses ViT features."""
+        (same weights; fp32 or fp16) when the bundle uses ViT features. The bundle is untrusted:
+        its config, arrays and booster structure are validated before anything is built from them."""
         xgboost = _xgboost()
         bundle = load_bundle(path)
         config = bundle.config
-        try:
-            vit = config["vit"]
-            seg = cls(
-                extractor=extractor,
-                filter_bank=FilterBankConfig.from_dict(config["filter_bank"]),
-                classifier=ClassifierParams(**config["classifier"]),
-                tile=int(config.get("tile", DEFAULT_TILE)),
-                max_samples_per_class=int(config["max_samples_per_class"]),
-                contrast=None if config.get("contrast") is None else ClaheConfig.from_dict(config["contrast"]),
-                **options,
-            )
-            seg.label_classes = [LabelClass.from_dict(c) for c in config["classes"]]
-            seg.training = dict(config.get("training") or {})
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DinosawError(f"{path}: incompatible model bundle ({type(exc).__name__}: {exc})") from None
+        check_config(config, str(path))
+        check_arrays(bundle.arrays, config, str(path))
+        vit = config["vit"]
+        seg = cls(
+            extractor=extractor,
+            filter_bank=FilterBankConfig.from_dict(config["filter_bank"]),
+            classifier=ClassifierParams(**config["classifier"]),
+            tile=config.get("tile", DEFAULT_TILE),
+            max_samples_per_class=config["max_samples_per_class"],
+            contrast=None if config.get("contrast") is None else ClaheConfig.from_dict(config["contrast"]),
+            **options,
+        )
+        seg.label_classes = [LabelClass.from_dict(c) for c in config["classes"]]
+        seg.training = dict(config.get("training") or {})
         if vit is not None:
             seg.engine = {k: vit[k] for k in ("model", "identity", "patch_size")}
-            seg.pca = PcaFeatures.from_arrays(bundle.arrays, int(vit["patch_size"]))
+            seg.pca = PcaFeatures.from_arrays(bundle.arrays, vit["patch_size"])
             if extractor is not None and engine_identity(extractor.manifest) != vit["identity"]:
                 raise DinosawError(
                     f"{path}: trained with the features of engine {vit['model']!r} (identity "
@@ -328,15 +330,17 @@ class Segmenter:
                 )
         elif extractor is not None:
             seg.extractor = None  # a classical model ignores the engine
+        if list(config["channels"]) != list(seg.channel_names):
+            raise DinosawError(f"{path}: the bundle's channels do not match its filter-bank / ViT settings")
+        check_booster(bundle.classifier, num_class=len(seg.label_classes), num_feature=len(seg.channel_names),
+                      source=f"{path}: classifier.ubj")
         booster = xgboost.Booster()
         try:
             booster.load_model(bytearray(bundle.classifier))
         except xgboost.core.XGBoostError as exc:
             raise DinosawError(f"{path}: unreadable classifier ({str(exc).splitlines()[0]})") from None
         booster.set_param(PREDICT_PARAMS)
-        if list(config["channels"]) != list(seg.channel_names) or booster.num_features() != len(seg.channel_names):
-            raise DinosawError(f"{path}: the bundle's channels do not match its filter-bank / ViT settings")
+        if booster.num_features() != len(seg.channel_names):
+            raise DinosawError(f"{path}: the classifier's features do not match the bundle's channels")
         seg.booster = booster
         return seg
-
-
