@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import resource
 import struct
@@ -230,3 +231,203 @@ def test_bundle_roundtrip_is_identical(bundle, tmp_path):
     for name in ("config.json", "classifier.ubj", "arrays.npz"):
         assert member(again, name) == member(model, name), name
     np.testing.assert_array_equal(Segmenter.load(again).predict(image), loaded.predict(image))
+
+
+# -- engines are what their manifest says --------------------------------------------------------
+@pytest.fixture()
+def engine_copy(tiny_engine, tmp_path):
+    """A private copy of the tiny engine and its manifest: (onnx path, manifest dict)."""
+    onnx = tmp_path / "eng" / "e.onnx"
+    onnx.parent.mkdir()
+    onnx.write_bytes(tiny_engine.read_bytes())
+    manifest = json.loads(tiny_engine.with_name("tiny.onnx.json").read_text())
+    onnx.with_name("e.onnx.json").write_text(json.dumps(manifest))
+    return onnx, manifest
+
+
+def _edit(manifest: dict, path: str, value) -> dict:
+    manifest = json.loads(json.dumps(manifest))
+    *parents, last = path.split(".")
+    node = manifest
+    for key in parents:
+        node = node[key]
+    if value is _DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return manifest
+
+
+_DELETE = object()
+MANIFEST_CASES = {
+    "missing architecture": ("architecture", _DELETE, "architecture must be an object"),
+    "embed_dim as string": ("architecture.embed_dim", "96", "architecture.embed_dim"),
+    "negative patch size": ("architecture.patch_size", -14, "architecture.patch_size"),
+    "heads zero": ("architecture.num_heads", 0, "architecture.num_heads"),
+    "std zero": ("preprocessing.std", [0.229, 0, 0.225], "preprocessing.std"),
+    "mean of two": ("preprocessing.mean", [0.5, 0.5], "preprocessing.mean"),
+    "bias slopes": ("bias.slopes", "learned", "bias is invalid"),
+    "bias prefix tokens as list": ("bias.num_prefix_tokens", [5], "bias"),
+    "format version string": ("format_version", "1", "format_version"),
+    "embed_dim disagrees with the graph": ("architecture.embed_dim", 97, "features has 96"),
+    "hash missing": ("onnx_sha256", _DELETE, "no onnx_sha256"),
+}
+
+
+@pytest.mark.parametrize("case", list(MANIFEST_CASES))
+def test_malformed_manifest_is_one_clear_error(engine_copy, case):
+    from dinosaw_deploy.engine.extractor import FeatureExtractor
+
+    onnx, manifest = engine_copy
+    path, value, fragment = MANIFEST_CASES[case]
+    onnx.with_name("e.onnx.json").write_text(json.dumps(_edit(manifest, path, value)))
+    with pytest.raises(DinosawError) as caught:
+        FeatureExtractor(onnx, backend="cpu")
+    assert fragment in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("content", [bytes(range(256)) * 4, b"[1, 2]", b"", b'{"format": "dinosaw-deploy/manifest"}'])
+def test_garbage_manifest_is_one_clear_error(engine_copy, content):
+    from dinosaw_deploy.engine.extractor import FeatureExtractor
+
+    onnx, _ = engine_copy
+    onnx.with_name("e.onnx.json").write_bytes(content)
+    with pytest.raises(DinosawError, match="manifest"):
+        FeatureExtractor(onnx, backend="cpu")
+
+
+def test_other_weights_beside_a_copied_manifest_are_refused(engine_copy, tiny_engine, tmp_path):
+    """The fp16 graph under the fp32 manifest: same names and shapes, other bytes -> refused (CLI: one line)."""
+    onnx, _ = engine_copy
+    onnx.write_bytes(tiny_engine.with_name("tiny.fp16.onnx").read_bytes())
+    image = tmp_path / "img.tif"
+    tifffile.imwrite(image, np.zeros((56, 56), np.uint8))
+    result = cli("features", image, "-o", tmp_path / "f.npy", "--engine", onnx, "--backend", "cpu")
+    assert_one_line_error(result, "onnx_sha256")
+    assert not (tmp_path / "f.npy").exists()
+
+
+def test_engine_hash_is_cached_by_path_size_and_mtime(engine_copy, monkeypatch):
+    from dinosaw_deploy import files
+    from dinosaw_deploy.engine.extractor import FeatureExtractor
+
+    onnx, _ = engine_copy
+    calls = []
+    real = files.file_sha256
+    monkeypatch.setattr(files, "file_sha256", lambda path, *a: calls.append(path) or real(path, *a))
+    FeatureExtractor(onnx, backend="cpu")
+    FeatureExtractor(onnx, backend="cpu")
+    assert len(calls) == 1
+    os.utime(onnx, ns=(onnx.stat().st_atime_ns, onnx.stat().st_mtime_ns + 10**9))  # touched: hashed again
+    FeatureExtractor(onnx, backend="cpu")
+    assert len(calls) == 2
+
+
+# -- outputs are owned, exclusively ---------------------------------------------------------------
+def test_a_second_writer_is_refused_at_once(bundle, tmp_path):
+    """Another process holds the output's lock: apply fails immediately, writes nothing, leaves the lock."""
+    from dinosaw_deploy.files import lock_path, output_lock
+
+    root, model, _ = bundle
+    out = tmp_path / "seg.ome.tif"
+    with output_lock([out]):
+        result = cli("apply", root / "scan.tif", "--model", model, "-o", out)
+        assert lock_path(out).exists()
+    assert_one_line_error(result, "being written by another process")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_two_concurrent_runs_on_one_output_one_wins(bundle, tmp_path):
+    """Two apply processes started together on one -o: exactly one succeeds, the other ends in one
+    clean error line (locked, or the output exists), and the output is the correct segmentation."""
+    root, model, image = bundle
+    out = tmp_path / "seg.ome.tif"
+    command = [sys.executable, "-m", "dinosaw_deploy.cli", "apply", str(root / "scan.tif"), "--model", str(model),
+               "-o", str(out), "--threads", "1"]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=TIMEOUT)
+        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
+    codes = sorted(r.returncode for r in results)
+    assert codes == [0, 1], [r.stderr for r in results]
+    loser = next(r for r in results if r.returncode == 1)
+    assert_one_line_error(loser)
+    assert "being written by another process" in loser.stderr or "exists" in loser.stderr
+    np.testing.assert_array_equal(tifffile.imread(out), Segmenter.load(model).predict(image))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.ome.tif", "seg.preview.png"]
+
+
+def test_a_users_folder_named_like_our_work_folder_is_never_deleted(bundle, tmp_path):
+    root, model, _ = bundle
+    work = tmp_path / "seg.ome.tif.work"
+    work.mkdir()
+    (work / "thesis.docx").write_bytes(b"precious")
+    result = cli("apply", root / "scan.tif", "--model", model, "-o", tmp_path / "seg.ome.tif")
+    assert_one_line_error(result, "not made by dinosaw-deploy")
+    assert (work / "thesis.docx").read_bytes() == b"precious"
+
+
+def test_a_users_folder_named_like_a_partial_store_is_never_deleted(tiny_engine, tmp_path):
+    image = tmp_path / "img.tif"
+    tifffile.imwrite(image, np.zeros((56, 56), np.uint8))
+    partial = tmp_path / "f.zarr.partial"
+    partial.mkdir()
+    (partial / "data.bin").write_bytes(b"precious")
+    result = cli("features", image, "-o", tmp_path / "f.zarr", "--engine", tiny_engine, "--backend", "cpu")
+    assert_one_line_error(result, "not made by dinosaw-deploy")
+    assert (partial / "data.bin").read_bytes() == b"precious"
+
+
+def test_input_inside_old_output_or_output_inside_input_is_refused_even_with_overwrite(tiny_engine, tmp_path):
+    store = tmp_path / "f.zarr"
+    store.mkdir()
+    image = store / "img.tif"
+    tifffile.imwrite(image, np.zeros((56, 56), np.uint8))
+    before = sha(image)
+    result = cli("features", image, "-o", store, "--engine", tiny_engine, "--overwrite", "--backend", "cpu")
+    assert_one_line_error(result, "holds the input")
+    result = cli("probe", store, "-o", store / "report.json", "--overwrite", "--no-figure")
+    assert_one_line_error(result, "inside the input")
+    assert sha(image) == before and sorted(p.name for p in store.iterdir()) == ["img.tif"]
+
+
+def test_sidecar_is_an_output(tiny_engine, tmp_path):
+    image = tmp_path / "img.tif"
+    tifffile.imwrite(image, np.zeros((56, 56), np.uint8))
+    (tmp_path / "f.npy.json").write_text("mine")
+    result = cli("features", image, "-o", tmp_path / "f.npy", "--engine", tiny_engine, "--backend", "cpu")
+    assert_one_line_error(result, "f.npy.json exists")
+    assert (tmp_path / "f.npy.json").read_text() == "mine" and not (tmp_path / "f.npy").exists()
+
+
+def test_export_never_replaces_an_onnx_or_its_own_checkpoint(tmp_path):
+    from dinosaw_deploy.export.build import run_export
+
+    from .conftest import TINY
+
+    (tmp_path / "m.onnx").write_bytes(b"an older export")
+    with pytest.raises(DinosawError, match="exists; pass --overwrite"):
+        run_export(TINY / "weights_timm.pth", out_dir=tmp_path, name="m", config_path=TINY / "config.json")
+    checkpoint = tmp_path / "c.onnx"
+    checkpoint.write_bytes((TINY / "weights_timm.pth").read_bytes())
+    with pytest.raises(DinosawError, match="one of the inputs"):
+        run_export(checkpoint, out_dir=tmp_path, name="c", config_path=TINY / "config.json", overwrite=True)
+    assert (tmp_path / "m.onnx").read_bytes() == b"an older export"
+    assert checkpoint.read_bytes() == (TINY / "weights_timm.pth").read_bytes()
+
+
+def test_leftovers_of_a_killed_final_write_are_gone_after_the_next_run(bundle, tmp_path):
+    """kill -9 during the OME write leaves ``.seg.ome.partial-PID.tif``; the next run removes it (its
+    PID no longer runs) but never a live process's temporary file."""
+    root, model, _ = bundle
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(timeout=TIMEOUT)
+    stale = tmp_path / f".seg.ome.partial-{dead.pid}.tif"
+    stale.write_bytes(b"half a pyramid")
+    live = tmp_path / f".seg.ome.partial-{os.getpid()}.tif"  # this test process runs: not stale
+    live.write_bytes(b"being written")
+    result = cli("apply", root / "scan.tif", "--model", model, "-o", tmp_path / "seg.ome.tif")
+    assert result.returncode == 0, result.stderr
+    assert not stale.exists() and live.read_bytes() == b"being written"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "seg.ome.tif", "seg.preview.png"])

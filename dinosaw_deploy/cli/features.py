@@ -50,7 +50,7 @@ def features_command(image: Path, output: Path, engine: Path, intensity_range, i
     """
     from dinosaw_deploy.cli._options import DEFAULT_ENGINE
     from dinosaw_deploy.engine.extractor import FeatureExtractor
-    from dinosaw_deploy.files import check_output
+    from dinosaw_deploy.files import check_output, output_lock
     from dinosaw_deploy.image.reader import open_image
 
     engine = engine or DEFAULT_ENGINE
@@ -62,14 +62,18 @@ def features_command(image: Path, output: Path, engine: Path, intensity_range, i
         raise DinosawError("--tile/--overlap/--batch/--dtype/--merge/--no-preview apply to .zarr outputs only")
     if intensity_range and intensity_percentiles:
         raise DinosawError("give --intensity-range or --intensity-percentiles, not both")
-    check_output(output, [image, engine], overwrite)
-    if suffix == ".zarr" and not no_preview:
+    outputs = [output]
+    if suffix == ".npy":
+        outputs.append(output.with_name(output.name + ".json"))  # the sidecar is an output too
+    elif not no_preview:
         from dinosaw_deploy.tiling.preview import preview_path
 
-        check_output(preview_path(output), [image, engine], overwrite)
+        outputs.append(preview_path(output))
+    for path in outputs:
+        check_output(path, [image, engine], overwrite)
     ranges = {"intensity_range": tuple(intensity_range) if intensity_range else None,
               "percentiles": tuple(intensity_percentiles) if intensity_percentiles else None}
-    with open_image(image, page=page, level=level, crop_databar=crop_databar) as reader:
+    with output_lock(outputs), open_image(image, page=page, level=level, crop_databar=crop_databar) as reader:
         if suffix == ".npy":
             summary = _whole_image(reader, engine, output, backend=backend, **ranges)
         else:

@@ -48,17 +48,21 @@ def _read_image(path: Path, extractor):
     """A whole image for a one-pass engine run; refuses images too large for that (tile them)."""
     from dinosaw_deploy.engine.contract import MAX_WHOLE_IMAGE_TOKENS
     from dinosaw_deploy.engine.preprocess import grid_shape
-    from dinosaw_deploy.image.reader import read_image, to_channels_last
+    from dinosaw_deploy.image.reader import image_shape, read_image, to_channels_last
 
-    image = read_image(path)
-    h, w = grid_shape(*to_channels_last(image).shape[:2], extractor.patch_size)
+    declared = image_shape(path)  # from the header: a huge image is refused before it is decoded
+    if declared is not None:
+        h, w = grid_shape(*declared, extractor.patch_size)
+    else:
+        image = read_image(path)
+        h, w = grid_shape(*to_channels_last(image).shape[:2], extractor.patch_size)
     if h * w > MAX_WHOLE_IMAGE_TOKENS:
         raise DinosawError(
             f"{path.name}: {h}x{w} patches is too large for one engine pass; write tiled features "
             f"(dinosaw-deploy features {path.name} -o feats.zarr) and probe the store "
             "(--tiles for tile-local ramps)"
         )
-    return image
+    return read_image(path) if declared is not None else image
 
 
 def _engine_info(extractor) -> dict[str, Any]:
@@ -152,7 +156,7 @@ def probe_command(inputs, output, engine, tiles, roll, shifts, roll_tolerance, r
 
     from dinosaw_deploy._version import __version__
     from dinosaw_deploy.cli._options import DEFAULT_ENGINE
-    from dinosaw_deploy.files import check_output
+    from dinosaw_deploy.files import check_output, output_lock
     from dinosaw_deploy.probe.positional import ALPHA, RAMPS, SAMPLE_DIVISOR, summarize
     from dinosaw_deploy.probe.report import display_maps, require_matplotlib, write_figure, write_report
 
@@ -162,8 +166,10 @@ def probe_command(inputs, output, engine, tiles, roll, shifts, roll_tolerance, r
     if output.suffix != ".json":
         raise DinosawError(f"output must end in .json, got {output.name}")
     figure = None if no_figure else output.with_suffix(".png")
-    for target in [output] + ([figure] if figure else []):
+    targets = [output] + ([figure] if figure else [])
+    for target in targets:
         check_output(target, list(inputs) + [engine], overwrite)
+    click.get_current_context().with_resource(output_lock(targets))  # held until the command ends
     if figure:
         require_matplotlib()
     for path in inputs:

@@ -70,11 +70,16 @@ def save_bundle(path: str | os.PathLike, bundle: Bundle) -> Path:
         "format_version": FORMAT_VERSION,
         "sha256": {name: _sha256(data) for name, data in members.items()},
     }
-    with atomic_path(path) as tmp:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr(MANIFEST, json.dumps(manifest, indent=2) + "\n")
-            for name, data in members.items():
-                archive.writestr(name, data)
+    if not path.parent.is_dir():
+        raise DinosawError(f"cannot save {path}: the folder {path.parent} does not exist")
+    try:
+        with atomic_path(path) as tmp:
+            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+                archive.writestr(MANIFEST, json.dumps(manifest, indent=2) + "\n")
+                for name, data in members.items():
+                    archive.writestr(name, data)
+    except OSError as exc:
+        raise DinosawError(f"cannot save {path}: {exc.strerror or exc}") from None
     return path
 
 

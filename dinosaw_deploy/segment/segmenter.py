@@ -36,7 +36,7 @@ from dinosaw_deploy.segment.classifier import (
 from dinosaw_deploy.segment.contrast import Clahe, ClaheConfig
 from dinosaw_deploy.segment.filters import Box, FilterBank, FilterBankConfig
 from dinosaw_deploy.segment.labels import LabelClass, Scribbles, scribbles_from_array
-from dinosaw_deploy.segment.postprocess import CRF_HALO, dense_crf, modal_filter
+from dinosaw_deploy.segment.postprocess import CRF_HALO, check_modal, dense_crf, modal_filter
 from dinosaw_deploy.segment.vit_channels import PcaFeatures
 from dinosaw_deploy.tiling.grid import tile_boxes
 from dinosaw_deploy.tiling.parallel import map_ordered
@@ -59,7 +59,10 @@ class GrayImage:
     def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
         rows, cols = key
         region = self.source.read_region(rows.start, cols.start, rows.stop - rows.start, cols.stop - cols.start)
-        scaled = scale_intensity(region, self.intensity_range)
+        try:  # every pixel as it is read: a NaN block outside the intensity sample is refused here
+            scaled = scale_intensity(region, self.intensity_range)
+        except DinosawError as exc:
+            raise DinosawError(f"{exc} (region y {rows.start}..{rows.stop}, x {cols.start}..{cols.stop})") from None
         if scaled.ndim == 3:
             scaled = scaled[..., :3].mean(axis=-1) if scaled.shape[-1] in (3, 4) else scaled[..., 0]
         if self.contrast is not None:
@@ -235,6 +238,7 @@ class Segmenter:
         reads a halo around the box (``modal`` px for the majority filter, 64 px for the CRF) so a
         tile's modal-filtered labels equal the whole image's."""
         self._check_fitted()
+        check_modal(modal)
         y0, y1, x0, x1 = box
         pad = modal + (CRF_HALO if crf else 0)
         height, width = gray.shape

@@ -7,7 +7,8 @@ Layout of ``feats.zarr``::
                          engine, dtype, run (what must match to resume), progress
     features/            (C, h, w) float16/float32, chunks (C, 64, 64), zstd
 
-While running, the store lives at ``feats.zarr.partial``. Rows are written in whole chunk rows, and
+While running, the store lives at ``feats.zarr.partial`` (with the marker file of
+:func:`dinosaw_deploy.files.make_owned_dir`: a folder of that name we did not make is never deleted). Rows are written in whole chunk rows, and
 after each write ``progress`` records ``rows_done`` (patch rows on disk, a multiple of the chunk
 height) and ``tiles_done`` (tiles whose output lies entirely above: never recomputed). A rerun with
 the same ``run`` record resumes there; anything else starts over. Only at the end is ``complete``
@@ -26,6 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from dinosaw_deploy.errors import DinosawError
+from dinosaw_deploy.files import is_owned, make_owned_dir, remove_owned
 from dinosaw_deploy.tiling.grid import TileGrid
 
 FORMAT = "dinosaw-deploy/features"
@@ -158,8 +160,9 @@ class FeatureStoreWriter:
         group = self._resumable()
         try:
             if group is None:
-                shutil.rmtree(self.partial, ignore_errors=True)
-                group = zarr.open_group(self.partial, mode="w")
+                remove_owned(self.partial)  # ours from an older run; a folder that is not ours is refused
+                make_owned_dir(self.partial)
+                group = zarr.open_group(self.partial, mode="a")
                 group.create_array(
                     ARRAY,
                     shape=(channels, grid.grid_h, grid.grid_w),
@@ -182,7 +185,7 @@ class FeatureStoreWriter:
         """The partial store's group if it belongs to this very run, else None."""
         import zarr
 
-        if not self.partial.is_dir():
+        if not is_owned(self.partial):
             return None
         try:
             group = zarr.open_group(self.partial, mode="r+")
