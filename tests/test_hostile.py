@@ -7,6 +7,7 @@ without touching the inputs (sha256 before and after).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -17,6 +18,7 @@ import struct
 import subprocess
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -431,3 +433,215 @@ def test_leftovers_of_a_killed_final_write_are_gone_after_the_next_run(bundle, t
     assert result.returncode == 0, result.stderr
     assert not stale.exists() and live.read_bytes() == b"being written"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "seg.ome.tif", "seg.preview.png"])
+
+
+# -- images that lie about their size; NaN, inf and complex pixels -------------------------------
+def _png_declaring(path: Path, size: int) -> Path:
+    """A few-hundred-byte PNG whose header declares size x size px."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(bytes(size + 1))) + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_png_declaring_30000_squared_is_refused_before_decoding(tiny_engine, tmp_path):
+    big = _png_declaring(tmp_path / "big.png", 30000)
+    for args, fragment in ((["features", big, "-o", tmp_path / "f.zarr"], "declares 30000x30000"),
+                           (["features", big, "-o", tmp_path / "f.npy"], "declares 30000x30000"),
+                           (["probe", big, "-o", tmp_path / "r.json", "--no-figure"], "2142x2142 patches")):
+        assert_one_line_error(cli(*args, "--engine", tiny_engine, "--backend", "cpu"), fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.png"]
+
+
+def test_whole_image_extractor_call_refuses_huge_arrays_and_points_to_tiling(tiny_engine):
+    from dinosaw_deploy.engine.extractor import FeatureExtractor
+
+    fx = FeatureExtractor(tiny_engine, backend="cpu")
+    with pytest.raises(DinosawError, match="patch_features"):
+        fx(np.zeros((3000, 3000), np.uint8))  # 214x214 patches: 15.6 GiB of attention in one pass
+    assert FeatureExtractor(tiny_engine, backend="cpu", max_tokens=10)(np.zeros((42, 42), np.uint8)).shape[1:] == (3, 3)
+    with pytest.raises(DinosawError, match="max_tokens"):
+        FeatureExtractor(tiny_engine, backend="cpu", max_tokens=4)(np.zeros((42, 42), np.uint8))
+
+
+def test_a_nan_block_outside_the_intensity_sample_is_refused_where_it_is_read(bundle, tmp_path, monkeypatch):
+    """The sample is a few random windows; the NaN block lies outside them and must still be refused
+    (it silently made tiles class 2 before)."""
+    from dinosaw_deploy.image import intensity
+    from dinosaw_deploy.image.reader import ArrayRegions
+    from dinosaw_deploy.segment.run import apply_scan
+
+    root, model, image = bundle
+    monkeypatch.setattr(intensity, "WHOLE_IMAGE_PIXELS", 100)
+    monkeypatch.setattr(intensity, "WINDOWS", 2)
+    monkeypatch.setattr(intensity, "WINDOW", 8)
+    scan = image.astype(np.float32) / 255
+    scan[80:96, 112:128] = np.nan
+    assert np.isfinite(intensity.sample_pixels(ArrayRegions(scan))).all()  # the sample misses the block
+    tifffile.imwrite(tmp_path / "scan.tif", scan)
+    with pytest.raises(DinosawError, match=r"NaN or infinite values \(region"):
+        apply_scan(tmp_path / "scan.tif", model, tmp_path / "out.ome.tif")
+    assert not (tmp_path / "out.ome.tif").exists()
+    scan[80:96, 112:128] = np.inf
+    with pytest.raises(DinosawError, match="NaN or infinite"):
+        Segmenter.load(model).predict(scan)
+
+
+def test_complex_pixels_are_refused_everywhere(bundle, tiny_engine, tmp_path):
+    from dinosaw_deploy.engine.extractor import FeatureExtractor
+    from dinosaw_deploy.image.reader import open_image
+
+    _, model, image = bundle
+    wave = image.astype(np.complex64)
+    with pytest.raises(DinosawError, match="complex|pixel type"):
+        Segmenter.load(model).predict(wave)
+    with pytest.raises(DinosawError, match="pixel type"):
+        FeatureExtractor(tiny_engine, backend="cpu")(wave[:56, :56])
+    tifffile.imwrite(tmp_path / "c.tif", wave)
+    with pytest.raises(DinosawError, match="complex"):
+        open_image(tmp_path / "c.tif")
+
+
+def test_label_stacks_are_refused(bundle, tmp_path):
+    from dinosaw_deploy.segment.labels import load_scribbles
+
+    _, _, image = bundle
+    tifffile.imwrite(tmp_path / "stack.tif", np.ones((2, *image.shape), np.uint8))
+    with pytest.raises(DinosawError, match="stack of 2"):
+        load_scribbles(tmp_path / "stack.tif", image.shape)
+
+
+def test_implausible_pixel_size_is_treated_as_unknown(tmp_path, caplog):
+    from dinosaw_deploy.image.reader import open_image
+
+    tifffile.imwrite(tmp_path / "fei.tif", np.zeros((32, 32), np.uint8),
+                     extratags=[(34682, "s", 0, "[Scan]\nPixelWidth=1e-300\nPixelHeight=1e-300\n", True)])
+    with open_image(tmp_path / "fei.tif") as reader:
+        assert reader.info.vendor == "fei" and reader.info.pixel_size is None
+    assert "implausible pixel size" in caplog.text
+
+
+# -- every environment failure is one line ----------------------------------------------------------
+def test_fifos_folders_and_pseudo_files_as_images(tiny_engine, tmp_path):
+    fifo = tmp_path / "pipe.tif"
+    os.mkfifo(fifo)
+    (tmp_path / "folder.tif").mkdir()
+    for image, fragment in ((fifo, "FIFO"), (tmp_path / "folder.tif", "folder"), (Path("/proc/self/status"), "")):
+        result = cli("features", image, "-o", tmp_path / "f.npy", "--engine", tiny_engine, "--backend", "cpu")
+        assert_one_line_error(result, fragment)
+    result = cli("segment", tmp_path / "folder.tif", "--labels", fifo, "-o", tmp_path / "s.ome.tif", "--no-vit")
+    assert_one_line_error(result)
+
+
+def test_missing_output_folder_and_full_disk_on_save(bundle, tmp_path, monkeypatch):
+    _, model, _ = bundle
+    seg = Segmenter.load(model)
+    with pytest.raises(DinosawError, match="does not exist"):
+        seg.save(tmp_path / "missing" / "m.dsw")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", full)
+    with pytest.raises(DinosawError, match="No space left on device"):
+        seg.save(tmp_path / "m.dsw")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("code, text", [(errno.ENOSPC, "No space left on device"),
+                                        (errno.EROFS, "Read-only file system")])
+def test_read_only_or_full_target_is_one_line(bundle, tmp_path, monkeypatch, code, text):
+    """Root ignores chmod (CI runs as root), so the failing write is injected; as a normal user a
+    read-only folder is also tried for real."""
+    from click.testing import CliRunner
+
+    from dinosaw_deploy.cli import main
+    from dinosaw_deploy.image import ome_writer
+
+    root, model, _ = bundle
+
+    def failing(path, *args, **kwargs):
+        raise OSError(code, text, str(path))
+
+    monkeypatch.setattr(ome_writer, "write_ome_pyramid", failing)
+    monkeypatch.setattr("dinosaw_deploy.segment.run.write_ome_pyramid", failing)
+    out = tmp_path / "seg.ome.tif"
+    result = CliRunner().invoke(main, ["apply", str(root / "scan.tif"), "--model", str(model), "-o", str(out)])
+    assert result.exit_code == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [f"Error: {out}: {text}"], result.stderr
+    if os.geteuid() != 0:
+        locked = tmp_path / "ro"
+        locked.mkdir(mode=0o500)
+        assert_one_line_error(cli("apply", root / "scan.tif", "--model", model, "-o", locked / "s.ome.tif"))
+
+
+def test_library_warnings_join_the_one_error_line_or_stay_hidden():
+    import logging
+    import warnings
+
+    import click
+    from click.testing import CliRunner
+
+    from dinosaw_deploy.cli import main
+
+    @click.command("hostile-noise")
+    @click.option("--fail", is_flag=True)
+    def noisy(fail):
+        warnings.warn("invalid value encountered in divide", RuntimeWarning)
+        logging.getLogger("tifffile").warning("TiffPage 0: corrupted tag list")
+        if fail:
+            raise DinosawError("broken input")
+        click.echo("done")
+
+    main.add_command(noisy)
+    try:
+        failed = CliRunner().invoke(main, ["hostile-noise", "--fail"])
+        passed = CliRunner().invoke(main, ["hostile-noise"])
+    finally:
+        main.commands.pop("hostile-noise")
+    assert failed.exit_code == 1
+    assert failed.stderr == "Error: broken input (library warning: invalid value encountered in divide)\n"
+    assert passed.exit_code == 0 and passed.stderr == "" and passed.stdout == "done\n"
+
+
+# -- options checked at the door ---------------------------------------------------------------------
+@pytest.mark.parametrize("args, fragment", [
+    (["train", "--teacher", "t.pth", "--images", ".", "-o", "s.pth", "--workers", "100000"], "--workers"),
+    (["probe", "--roll", "-o", "r.json", "--seed", "-1"], "--seed"),
+    (["apply", "x.tif", "--model", "m.dsw", "-o", "o.ome.tif", "--modal", "-1"], "--modal"),
+])
+def test_bad_options_are_one_line(args, fragment):
+    from click.testing import CliRunner
+
+    from dinosaw_deploy.cli import main
+
+    result = CliRunner().invoke(main, args)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0]
+
+
+def test_intensity_range_must_be_a_normal_positive_width(tiny_engine, tmp_path):
+    image = tmp_path / "img.tif"
+    tifffile.imwrite(image, np.zeros((56, 56), np.uint8))
+    for lo, hi in (("0", "1e-300"), ("0", "nan"), ("1", "1"), ("-1e40", "0")):
+        result = cli("features", image, "-o", tmp_path / "f.npy", "--engine", tiny_engine, "--backend", "cpu",
+                     "--intensity-range", lo, hi, memory=False)
+        assert_one_line_error(result, "intensity range")
+
+
+def test_modal_radius_is_checked_in_the_library(bundle):
+    _, model, image = bundle
+    seg = Segmenter.load(model)
+    for modal in (-1, 10**6, 1.5):
+        with pytest.raises(DinosawError, match="modal must be"):
+            seg.predict(image, modal=modal)
+
+
+def test_train_workers_are_bounded_in_the_library():
+    pytest.importorskip("torch")
+    from dinosaw_deploy.export.train import train
+
+    with pytest.raises(DinosawError, match="workers must be"):
+        train("t.pth", ".", "s.pth", workers=100000)

@@ -74,6 +74,9 @@ class FriendlyGroup(click.Group):
         except BrokenPipeError:  # output piped into e.g. `head`: stop quietly, as other tools do
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(1)
+        except click.UsageError as exc:  # a bad option: one line, not usage + hint + error
+            where = exc.ctx.command_path if exc.ctx else ctx.command_path
+            _fail(f"{exc.format_message()} (see: {where} --help)", 2)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except OSError as exc:  # the environment: read-only folder, full disk, FIFO, /sys...
