@@ -271,7 +271,9 @@ MANIFEST_CASES = {
     "bias slopes": ("bias.slopes", "learned", "bias is invalid"),
     "bias prefix tokens as list": ("bias.num_prefix_tokens", [5], "bias"),
     "format version string": ("format_version", "1", "format_version"),
-    "embed_dim disagrees with the graph": ("architecture.embed_dim", 97, "features has 96"),
+    "embed_dim edited": ("architecture.embed_dim", 97, "architecture disagrees with the record embedded"),
+    "mean edited": ("preprocessing.mean", [0.5, 0.5, 0.5], "preprocessing disagrees with the record embedded"),
+    "huge mean": ("preprocessing.mean", [1e308, 0.5, 0.5], "preprocessing.mean"),
     "hash missing": ("onnx_sha256", _DELETE, "no onnx_sha256"),
 }
 
@@ -286,6 +288,23 @@ def test_malformed_manifest_is_one_clear_error(engine_copy, case):
     with pytest.raises(DinosawError) as caught:
         FeatureExtractor(onnx, backend="cpu")
     assert fragment in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_graph_must_agree_with_its_manifest(engine_copy):
+    from dinosaw_deploy.engine.manifest_schema import check_graph
+
+    _, manifest = engine_copy
+    good = [("pixel_values", ["b", 3, "h", "w"]), ("attn_bias", [1, "heads", "t", "t"])]
+    check_graph(manifest, good, [("features", ["b", 96, "h", "w"])], "e.onnx")
+    for inputs, outputs, fragment in (
+        (good, [("features", ["b", 96, "h", "w"])], "features has 96 at axis 1 but the manifest says 97"),
+        (good, [("features", ["b", 96, "h"])], "rank 3"),
+        ([good[0], ("attn_bias", [1, 4, "t", "t"])], [("features", ["b", 96, "h", "w"])], "attn_bias has 4"),
+        (good[::-1], [("features", ["b", 96, "h", "w"])], "not an ALiBi-Dv2 export"),
+    ):
+        edited = _edit(manifest, "architecture.embed_dim", 97) if "says 97" in fragment else manifest
+        with pytest.raises(DinosawError, match=fragment.replace("(", r"\(")):
+            check_graph(edited, inputs, outputs, "e.onnx")
 
 
 @pytest.mark.parametrize("content", [bytes(range(256)) * 4, b"[1, 2]", b"", b'{"format": "dinosaw-deploy/manifest"}'])

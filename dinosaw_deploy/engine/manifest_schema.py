@@ -7,13 +7,14 @@ ONNX file's hash.
 * :func:`check_graph` — input/output names and ranks of the graph against the contract, and its
   static dimensions against the manifest (3 input channels, ``embed_dim`` output channels, bias
   heads 1 or ``num_heads``).
+* :func:`check_agrees` — a sidecar against the record embedded in the (hash-checked) graph: the
+  fields that fix the features must be equal, so editing the sidecar cannot change them.
 * :func:`check_onnx_hash` — the ``.onnx`` bytes against the sidecar's ``onnx_sha256``, so a copied
   manifest beside other weights is refused; the hash is cached by path, size and mtime, so building
   a FeatureExtractor again costs nothing.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.files import cached_sha256
 
 MAX_DIM = 1 << 16
-MIN_STD = 1e-6
+MIN_STD, MAX_NORM = 1e-6, 1e3
+FEATURE_FIELDS = ("architecture", "bias", "preprocessing", "checkpoint")
 
 
 def _fail(source: str, field: str, wanted: str, value: Any) -> DinosawError:
@@ -39,13 +41,12 @@ def _int(record: dict, key: str, path: str, source: str, lo: int = 1, hi: int = 
     return value
 
 
-def _floats(record: dict, key: str, path: str, source: str, *, minimum: float | None = None) -> None:
+def _floats(record: dict, key: str, path: str, source: str, lo: float, hi: float) -> None:
     value = record.get(key)
     ok = (isinstance(value, list) and len(value) == 3
-          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
-    if not ok or minimum is not None and min(value) < minimum:
-        wanted = "3 finite numbers" + (f" >= {minimum:g}" if minimum is not None else "")
-        raise _fail(source, f"{path}.{key}", wanted, value)
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi for v in value))
+    if not ok:
+        raise _fail(source, f"{path}.{key}", f"3 numbers in [{lo:g}, {hi:g}]", value)
 
 
 def _section(manifest: dict, key: str, source: str) -> dict:
@@ -72,8 +73,8 @@ def check_engine_manifest(manifest: dict[str, Any], source: str | Path) -> None:
         if not isinstance(value, kind) or kind is int and (isinstance(value, bool) or not 0 <= value <= 1024):
             raise _fail(source, f"bias.{key}", "a boolean" if kind is bool else "an integer in 0..1024", value)
     pre = _section(manifest, "preprocessing", source)
-    _floats(pre, "mean", "preprocessing", source)
-    _floats(pre, "std", "preprocessing", source, minimum=MIN_STD)
+    _floats(pre, "mean", "preprocessing", source, -MAX_NORM, MAX_NORM)
+    _floats(pre, "std", "preprocessing", source, MIN_STD, MAX_NORM)
     if "patch_size" in pre and pre["patch_size"] != patch:
         raise _fail(source, "preprocessing.patch_size", f"architecture.patch_size ({patch})", pre["patch_size"])
     sha = manifest.get("onnx_sha256")
@@ -99,6 +100,15 @@ def check_graph(manifest: dict[str, Any], inputs: Sequence[tuple[str, Sequence[A
             if isinstance(have, int) and have not in (want if isinstance(want, tuple) else (want,)):
                 raise DinosawError(f"{source}: graph tensor {name} has {have} at axis {axis} but the manifest says "
                                    f"{' or '.join(map(str, want)) if isinstance(want, tuple) else want}")
+
+
+def check_agrees(sidecar: dict[str, Any], embedded: dict[str, Any], source: str | Path) -> None:
+    """The sidecar must say what the (hash-verified) graph's embedded record says about everything
+    that fixes the features: an edited sidecar cannot change the preprocessing or the bias."""
+    for key in FEATURE_FIELDS:
+        if key in embedded and sidecar.get(key) != embedded[key]:
+            raise DinosawError(f"{source}: manifest field {key} disagrees with the record embedded in the ONNX "
+                               "(an edited or foreign manifest); re-export the engine")
 
 
 def check_onnx_hash(model_path: str | Path, manifest: dict[str, Any], manifest_path: str | Path) -> None:

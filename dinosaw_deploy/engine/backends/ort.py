@@ -18,7 +18,7 @@ from dinosaw_deploy.engine.backends.base import Backend
 from dinosaw_deploy.engine.backends.profile import TileProfile
 from dinosaw_deploy.engine.contract import INPUT_NAMES, OUTPUT_NAME
 from dinosaw_deploy.engine.manifest import METADATA_KEY, parse_manifest, read_manifest, sidecar_path
-from dinosaw_deploy.engine.manifest_schema import check_engine_manifest, check_graph, check_onnx_hash
+from dinosaw_deploy.engine.manifest_schema import check_agrees, check_engine_manifest, check_graph, check_onnx_hash
 from dinosaw_deploy.errors import DinosawError
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,8 @@ class OrtBackend(Backend):
                 f"{', '.join(self.session.get_providers())}; see its log above). Fix the CUDA/TensorRT "
                 "installation, or choose backend 'cpu' knowingly"
             )
+        if manifest is not None and self._embedded_record() is not None:
+            check_agrees(manifest, parse_manifest(self._embedded_record(), str(self.model_path)), sidecar)
         self.manifest = manifest or self._embedded_manifest()
         check_graph(self.manifest, [(i.name, i.shape) for i in self.session.get_inputs()],
                     [(o.name, o.shape) for o in self.session.get_outputs()], self.model_path)
@@ -108,8 +110,11 @@ class OrtBackend(Backend):
     def providers(self) -> list[str]:
         return self.session.get_providers()
 
+    def _embedded_record(self) -> str | None:
+        return self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+
     def _embedded_manifest(self) -> dict[str, Any]:
-        embedded = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        embedded = self._embedded_record()
         if embedded is None:
             raise DinosawError(f"{self.model_path}: no manifest beside it and none embedded in the model")
         source = f"{self.model_path} (embedded manifest)"
