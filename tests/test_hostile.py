@@ -664,3 +664,18 @@ def test_train_workers_are_bounded_in_the_library():
 
     with pytest.raises(DinosawError, match="workers must be"):
         train("t.pth", ".", "s.pth", workers=100000)
+
+
+@pytest.mark.parametrize("array", [np.zeros((0, 0), np.float32), np.zeros((5,), np.uint8),
+                                   np.zeros((40, 50, 5), np.uint8), np.zeros((1, 40, 50, 3), np.uint8),
+                                   np.full((40, 50), None, object), np.zeros((40, 50), "U3"),
+                                   np.zeros((40, 50), "datetime64[s]")],
+                         ids=["empty float", "1-D", "5 channels", "4-D", "object", "strings", "datetimes"])
+def test_odd_arrays_through_the_python_api(bundle, tiny_engine, array):
+    from dinosaw_deploy.engine.extractor import FeatureExtractor
+
+    _, model, _ = bundle
+    seg, fx = Segmenter.load(model), FeatureExtractor(tiny_engine, backend="cpu")
+    for call in (seg.predict, seg.predict_proba, fx, lambda a: fx.extract_batch([a, a])):
+        with pytest.raises(DinosawError):
+            call(array)

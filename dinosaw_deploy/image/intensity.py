@@ -88,6 +88,8 @@ def range_of_values(values: np.ndarray, percentiles: tuple[float, float] | None 
     """The range fitted to pixel values: their percentiles, else [0, 1] when they lie inside it,
     else their min/max; a flat sample maps its value to 0 with unit scale."""
     check_pixels(values)
+    if values.size == 0:
+        raise DinosawError("the image is empty")
     values = values.astype(np.float64, copy=False)
     if percentiles is not None:
         p_lo, p_hi = map(float, percentiles)

@@ -149,6 +149,8 @@ class ArrayRegions:
 
     def __init__(self, image: np.ndarray) -> None:
         image = np.asarray(image)
+        if image.size == 0:
+            raise DinosawError(f"the image is empty (shape {image.shape})")
         self.array = image if image.ndim == 2 else to_channels_last(image)
         self.shape = self.array.shape[:2]
         self.dtype = self.array.dtype

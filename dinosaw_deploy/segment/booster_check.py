@@ -134,20 +134,20 @@ def _check_tree(tree: Any, num_feature: int, where: str) -> None:
     if parents[0] != ROOT_PARENT and parents[0] != -1:
         raise _Invalid(f"{where}: the root has a parent")
     seen = np.zeros(n, bool)
-    stack = [0]
-    split = arrays["split_indices"]
-    while stack:
-        node = stack.pop()
-        if seen[node]:
-            raise _Invalid(f"{where}: node {node} is reached twice (not a tree)")
-        seen[node] = True
-        if left[node] == -1:
-            continue
-        if not 0 <= split[node] < num_feature:
+    split = arrays["split_indices"].astype(np.int64)
+    frontier = np.zeros(1, np.int64)  # breadth-first from the root, one level at a time
+    while frontier.size:
+        if seen[frontier].any() or np.unique(frontier).size != frontier.size:
+            raise _Invalid(f"{where}: a node is reached twice (not a tree)")
+        seen[frontier] = True
+        inner = frontier[left[frontier] != -1]
+        bad = inner[(split[inner] < 0) | (split[inner] >= num_feature)]
+        if bad.size:
+            node = int(bad[0])
             raise _Invalid(f"{where}.split_indices[{node}] = {split[node]} is not a feature index (0..{num_feature - 1})")
-        for child in (int(left[node]), int(right[node])):
-            if parents[child] != node:
-                raise _Invalid(f"{where}.parents[{child}] = {parents[child]}, expected {node}")
-            stack.append(child)
+        children = np.concatenate([left[inner], right[inner]])
+        if np.any(parents[children] != np.concatenate([inner, inner])):
+            raise _Invalid(f"{where}: parents do not match children")
+        frontier = children
     if not np.all(np.isfinite(arrays["split_conditions"][seen])) or not np.all(np.isfinite(arrays["base_weights"][seen])):
         raise _Invalid(f"{where}: non-finite split condition or leaf value")

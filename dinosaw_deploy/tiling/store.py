@@ -7,12 +7,13 @@ Layout of ``feats.zarr``::
                          engine, dtype, run (what must match to resume), progress
     features/            (C, h, w) float16/float32, chunks (C, 64, 64), zstd
 
-While running, the store lives at ``feats.zarr.partial`` (with the marker file of
-:func:`dinosaw_deploy.files.make_owned_dir`: a folder of that name we did not make is never deleted). Rows are written in whole chunk rows, and
-after each write ``progress`` records ``rows_done`` (patch rows on disk, a multiple of the chunk
-height) and ``tiles_done`` (tiles whose output lies entirely above: never recomputed). A rerun with
-the same ``run`` record resumes there; anything else starts over. Only at the end is ``complete``
-set and the directory renamed to its final name, so an unfinished store never carries it.
+While running, the store lives at ``feats.zarr.partial``, which carries the marker file of
+:func:`dinosaw_deploy.files.make_owned_dir` (a folder of that name we did not make is never
+deleted). Rows are written in whole chunk rows, and after each write ``progress`` records
+``rows_done`` (patch rows on disk, a multiple of the chunk height) and ``tiles_done`` (tiles whose
+output lies entirely above: never recomputed). A rerun with the same ``run`` record resumes there;
+anything else starts over. Only at the end is ``complete`` set and the directory renamed to its
+final name, so an unfinished store never carries it.
 (:func:`dinosaw_deploy.files.atomic_path` is not used here: its per-process temporary name is
 deleted on failure, and a resumable run needs a stable one that survives.)
 """
