@@ -679,3 +679,20 @@ def test_odd_arrays_through_the_python_api(bundle, tiny_engine, array):
     for call in (seg.predict, seg.predict_proba, fx, lambda a: fx.extract_batch([a, a])):
         with pytest.raises(DinosawError):
             call(array)
+
+
+@pytest.mark.parametrize("grid", [-1, {"grid": [1, 2]}, {"grid": [3, 3], "tile": [None, 3], "overlap": 0,
+                                                           "patch_size": 14, "window": "blend"}])
+def test_feature_store_with_a_malformed_grid_record(tmp_path, grid):
+    import zarr
+
+    from dinosaw_deploy.tiling.store import FORMAT, FeatureStore
+
+    group = zarr.open_group(tmp_path / "f.zarr", mode="w")
+    group.create_array("features", shape=(4, 3, 3), dtype="float32")
+    group.attrs.update({"format": FORMAT, "format_version": 1, "complete": True, "grid": grid})
+    store = FeatureStore.open(tmp_path / "f.zarr")
+    with pytest.raises(DinosawError, match="tile-grid record"):
+        store.grid
+    with pytest.raises(DinosawError, match="tile-grid record"):
+        store.patch_size

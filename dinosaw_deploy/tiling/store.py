@@ -112,12 +112,21 @@ class FeatureStore:
 
     @property
     def patch_size(self) -> int:
-        return int(self.attrs["grid"]["patch_size"])
+        return int(self.grid.patch_size)
 
     @property
     def grid(self) -> TileGrid:
-        """The tile grid the features were made with."""
-        return TileGrid.from_dict(self.attrs["grid"])
+        """The tile grid the features were made with (a malformed record is a DinosawError)."""
+        record = self.attrs.get("grid")
+        try:
+            grid = TileGrid.from_dict(record)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise DinosawError(f"{self.path}: invalid tile-grid record in the store ({type(exc).__name__}: "
+                               f"{exc})") from None
+        if (grid.grid_h, grid.grid_w) != tuple(self.shape[1:]):
+            raise DinosawError(f"{self.path}: the tile-grid record ({grid.grid_h}x{grid.grid_w} patches) does not "
+                               f"match the stored features {self.shape}")
+        return grid
 
     @property
     def image(self) -> dict[str, Any]:
@@ -126,8 +135,11 @@ class FeatureStore:
 
     @property
     def intensity_range(self) -> tuple[float, float]:
-        lo, hi = self.attrs["intensity_range"]
-        return float(lo), float(hi)
+        try:
+            lo, hi = self.attrs["intensity_range"]
+            return float(lo), float(hi)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DinosawError(f"{self.path}: invalid intensity_range record ({exc})") from None
 
     def read(self, y0: int, x0: int, height: int, width: int) -> np.ndarray:
         """Patch features [:, y0:y0+height, x0:x0+width] as float32 (patch coordinates)."""
