@@ -10,9 +10,9 @@ from typing import Any
 
 from dinosaw_deploy._version import __version__
 from dinosaw_deploy.engine.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAMES, OUTPUT_NAME
-from dinosaw_deploy.engine.manifest import write_manifest
+from dinosaw_deploy.engine.manifest import sidecar_path, write_manifest
 from dinosaw_deploy.errors import DinosawError
-from dinosaw_deploy.files import atomic_path, file_sha256
+from dinosaw_deploy.files import atomic_path, check_output, file_sha256, output_lock
 
 from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .onnx_export import OPSET, export_onnx, verify_onnx
@@ -88,18 +88,30 @@ def run_export(
     config_path: str | os.PathLike | None = None,
     overrides: dict[str, Any] | None = None,
     echo: Callable[[str], None] = lambda _msg: None,
+    overwrite: bool = False,
 ) -> ExportResult:
     """Load ``checkpoint`` and write ``<out_dir>/<name>.onnx`` (and ``.fp16.onnx``), each verified
-    against PyTorch and described by a ``.json`` manifest."""
+    against PyTorch and described by a ``.json`` manifest. Existing artifacts are replaced only with
+    ``overwrite``; the checkpoint and config are never replaced. The outputs are locked while written."""
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DinosawError(f"cannot create output directory {out}: {exc.strerror}") from None
+    targets = [(out / f"{name}.onnx", False)] + ([(out / f"{name}.fp16.onnx", True)] if fp16 else [])
+    outputs = [p for path, _ in targets for p in (path, sidecar_path(path))]
+    inputs = [Path(p) for p in (checkpoint, config_path) if p is not None and Path(p).exists()]
+    for path in outputs:
+        check_output(path, inputs, overwrite)
+    with output_lock(outputs):
+        return _export_all(checkpoint, targets, name, config_path, overrides, echo)
+
+
+def _export_all(checkpoint, targets: list[tuple[Path, bool]], name: str, config_path, overrides,
+                echo: Callable[[str], None]) -> ExportResult:
     loaded = load_checkpoint(checkpoint, config_path=config_path, overrides=overrides)
     echo(f"loaded {loaded.source} ({loaded.model.config.depth} blocks, dim {loaded.model.config.embed_dim})")
     result = ExportResult()
-    targets = [(out / f"{name}.onnx", False)] + ([(out / f"{name}.fp16.onnx", True)] if fp16 else [])
     for path, half in targets:
         report = _export_verified(loaded, path, name, half)
         result.artifacts.append(path)

@@ -519,7 +519,13 @@ def test_plan_options_use_the_engines_patch_size(engines, monkeypatch):
             export_trt.PlanOptions(**bad)
     # build_plan reads the patch from the ONNX's manifest and refuses bad tiles before TensorRT loads
     manifest = read_manifest(engines / "tiny.onnx")
-    write_manifest(engines / "tiny.onnx", {**manifest, "architecture": {**manifest["architecture"], "patch_size": 16}})
+    patch16 = {**manifest, "architecture": {**manifest["architecture"], "patch_size": 16}}
+
+    class Patch16Source:  # an ONNX of a 16-px-patch model (a consistent manifest can only come from an export)
+        def __init__(self, path, backend):
+            self.manifest = patch16
+
+    monkeypatch.setattr(export_trt, "OrtBackend", Patch16Source)
     monkeypatch.setattr(export_trt, "import_tensorrt", lambda: pytest.fail("TensorRT loaded before the tile check"))
     with pytest.raises(DinosawError, match=r"--tile 70 is not a multiple of the 16-px patch \(try 64 or 80\)"):
         export_trt.build_plan(engines / "tiny.onnx", SMALL)

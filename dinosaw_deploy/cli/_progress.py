@@ -7,11 +7,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 class TileProgress:
     """A ``progress(done, total)`` callback for the library; a new bar starts when ``total`` changes.
-    Use as a context manager so the bar is closed on errors too."""
+    Use as a context manager so the bar is closed on errors too. Shown only on a terminal: logs and
+    pipes get no bar (and an error stays the one line on stderr)."""
 
     def __init__(self, label: str = "tiles", quiet: bool = False) -> None:
+        console = Console(stderr=True)
         self._bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                             TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), disable=quiet)
+                             TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                             disable=quiet or not console.is_terminal)
         self._task, self._total = None, None
 
     def __call__(self, done: int, total: int) -> None:

@@ -35,7 +35,7 @@ from dinosaw_deploy.errors import DinosawError
               help="Plan: TensorRT builder optimisation level.")
 @click.option("--hardware-compatible", is_flag=True, help="Plan: run on any Ampere or newer GPU (slower).")
 @click.option("--version-compatible", is_flag=True, help="Plan: run on later TensorRT versions too (slower).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing plan.")
+@click.option("--overwrite", is_flag=True, help="Replace existing artifacts (ONNX, manifests, plans).")
 def export_command(checkpoint, config_path, num_heads, fp16, out_dir, name, tensorrt, from_onnx, tile, min_tile, max_tile,
            max_batch, workspace, opt_level, hardware_compatible, version_compatible, overwrite) -> None:
     """Export ALiBi-Dv2 to ONNX, verified against PyTorch; on a GPU host also build TensorRT plans."""
@@ -74,6 +74,7 @@ def export_command(checkpoint, config_path, num_heads, fp16, out_dir, name, tens
         config_path=config_path,
         overrides={"num_heads": num_heads},
         echo=click.echo,
+        overwrite=overwrite,
     )
     if build_plans:
         build_plan(plan_source, options, overwrite=overwrite, echo=click.echo)

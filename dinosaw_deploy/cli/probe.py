@@ -26,7 +26,8 @@ from dinosaw_deploy.probe.run import MAX_SAMPLE, ROLL_TOLERANCE
 @click.option("--roll-tolerance", type=click.FloatRange(min=0), default=ROLL_TOLERANCE, show_default=True,
               help="--roll passes when max deviation <= this x max |feature|.")
 @click.option("--repeats", type=click.IntRange(min=1), default=6, show_default=True, help="Random samplings per input.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the token sampling.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
+              help="Seed of the token sampling.")
 @click.option("--top", type=click.IntRange(min=1), default=8, show_default=True, help="Positional channels to list.")
 @click.option("--max-sample", type=click.IntRange(min=2), default=MAX_SAMPLE, show_default=True,
               help="Cap on the tokens each fit samples ((h*w)//36 otherwise; only reached above 720k tokens).")

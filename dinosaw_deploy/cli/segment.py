@@ -38,7 +38,7 @@ def _engine(engine: Path | None, no_vit: bool, backend: str, required: bool = Fa
 @click.option("--no-vit", is_flag=True, help="Classical features only.")
 @click.option("--save-model", type=click.Path(path_type=Path), default=None, help="Also save the model (.dsw).")
 @click.option("--probabilities", is_flag=True, help="Also write per-class probabilities (*.probabilities.ome.tif).")
-@click.option("--modal", type=click.IntRange(min=0), default=0, help="Majority filter radius in px (0 = off).")
+@click.option("--modal", type=click.IntRange(0, 256), default=0, help="Majority filter radius in px (0 = off).")
 @click.option("--crf", is_flag=True, help="Dense-CRF post-processing per tile (needs the 'crf' extra).")
 @click.option("--contrast", type=click.Choice(["none", "clahe"]), default="none", show_default=True,
               help="Contrast equalisation before the filter bank (CLAHE evens out uneven illumination).")
@@ -75,7 +75,7 @@ def segment_command(image: Path, labels_path: Path, output: Path, engine: Path |
 @click.option("--engine", type=click.Path(path_type=Path), default=None,
               help="The engine the model was trained with (ViT models) [engines/alibi_dv2_vits14.onnx].")
 @click.option("--probabilities", is_flag=True, help="Also write per-class probabilities (*.probabilities.ome.tif).")
-@click.option("--modal", type=click.IntRange(min=0), default=0, help="Majority filter radius in px (0 = off).")
+@click.option("--modal", type=click.IntRange(0, 256), default=0, help="Majority filter radius in px (0 = off).")
 @click.option("--crf", is_flag=True, help="Dense-CRF post-processing per tile (needs the 'crf' extra).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads [all cores].")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")

@@ -1,11 +1,14 @@
 """``dinosaw-deploy train``: distil an ALiBi-Dv2 student from a DINOv2 teacher (needs the export extra)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 
 from dinosaw_deploy.errors import DinosawError
+
+MAX_WORKERS = 4 * (os.cpu_count() or 1)
 
 
 @click.command("train")
@@ -23,7 +26,8 @@ from dinosaw_deploy.errors import DinosawError
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (bf16 autocast on GPU).")
 @click.option("--targets-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Precompute the teacher's targets once per stage into DIR and reuse them (default: on the fly).")
-@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="Image-loading processes.")
+@click.option("--workers", type=click.IntRange(0, MAX_WORKERS), default=2, show_default=True,
+              help=f"Image-loading processes (at most 4 per CPU core: {MAX_WORKERS}).")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None,
               help="Stop after N optimizer steps (checkpointed); continue later with --resume.")
 @click.option("--resume", is_flag=True, help="Continue the run recorded in OUTPUT.state.")

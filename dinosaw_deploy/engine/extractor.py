@@ -9,9 +9,11 @@ import numpy as np
 
 from dinosaw_deploy.engine.backends import Backend, open_backend
 from dinosaw_deploy.engine.bias import BiasConfig, attention_bias
-from dinosaw_deploy.engine.contract import INPUT_NAMES, OUTPUT_NAME
+from dinosaw_deploy.engine.contract import INPUT_NAMES, MAX_WHOLE_IMAGE_TOKENS, OUTPUT_NAME
+from dinosaw_deploy.engine.manifest_schema import check_engine_manifest
 from dinosaw_deploy.engine.preprocess import preprocess
 from dinosaw_deploy.errors import DinosawError
+from dinosaw_deploy.image.reader import to_channels_last
 
 __all__ = ["INPUT_NAMES", "OUTPUT_NAME", "FeatureExtractor"]
 
@@ -32,6 +34,8 @@ class FeatureExtractor:
         backend: ``auto`` (plan -> TensorRT; onnx -> ORT TensorRT, CUDA or CPU, best present),
             ``tensorrt``, ``ort-tensorrt``, ``ort-cuda``, ``cpu``, or an opened
             :class:`~dinosaw_deploy.engine.backends.Backend` (e.g. ``TensorRTBackend(plan, cuda_graphs=True)``).
+        max_tokens: most patches one image may have in one pass (default
+            :data:`~dinosaw_deploy.engine.contract.MAX_WHOLE_IMAGE_TOKENS`); larger images: use the tiled path.
     """
 
     def __init__(
@@ -43,6 +47,7 @@ class FeatureExtractor:
         intensity_range: tuple[float, float] | None = None,
         threads: int | None = None,
         backend: str | Backend = "auto",
+        max_tokens: int = MAX_WHOLE_IMAGE_TOKENS,
     ) -> None:
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
@@ -50,6 +55,7 @@ class FeatureExtractor:
         if batch_size < 1:
             raise DinosawError("batch_size must be >= 1")
         self.intensity_range = intensity_range
+        self.max_tokens = max_tokens
         if isinstance(backend, Backend):
             if backend.model_path.resolve() != self.model_path.resolve():
                 raise DinosawError(f"the backend runs {backend.model_path}, not {self.model_path}")
@@ -58,6 +64,7 @@ class FeatureExtractor:
             self.backend = open_backend(self.model_path, backend, providers=providers, threads=threads)
         self.batch_size = min(batch_size, self.backend.max_batch or batch_size)
         self.manifest = self.backend.manifest
+        check_engine_manifest(self.manifest, self.model_path)
         arch = self.manifest["architecture"]
         self.embed_dim: int = int(arch["embed_dim"])
         self.num_heads: int = int(arch["num_heads"])
@@ -102,6 +109,7 @@ class FeatureExtractor:
         h, w = pixel_values.shape[2] // self.patch_size, pixel_values.shape[3] // self.patch_size
         if h < 1 or w < 1:
             raise DinosawError(f"input of {pixel_values.shape[2:]} px is smaller than one patch")
+        self._check_tokens(h, w)
         p = self.patch_size
         pixel_values = np.ascontiguousarray(pixel_values[:, :, : h * p, : w * p], dtype=np.float32)
         self.backend.check_input(min(pixel_values.shape[0], self.batch_size), h * p, w * p)
@@ -112,8 +120,20 @@ class FeatureExtractor:
             out[start : start + len(chunk)] = self.backend.run(chunk, bias)
         return out
 
+    def _check_tokens(self, h: int, w: int) -> None:
+        if h * w > self.max_tokens:
+            raise DinosawError(
+                f"{h}x{w} patches is too many for one engine pass (attention memory grows with tokens²; limit "
+                f"{self.max_tokens} = max_tokens): use the tiled path, dinosaw_deploy.tiling.pipeline.patch_features "
+                "(in memory) or extract_tiled / `dinosaw-deploy features -o X.zarr`"
+            )
+
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        """One image (any layout/dtype of :mod:`preprocess`) -> (C, h, w) float32 features."""
+        """One image (any layout/dtype of :mod:`preprocess`) -> (C, h, w) float32 features; images
+        above :attr:`max_tokens` patches are refused before preprocessing (tile them instead)."""
+        shape = to_channels_last(np.asarray(image)).shape if np.ndim(image) == 3 else np.shape(image)
+        if len(shape) >= 2:
+            self._check_tokens(shape[0] // self.patch_size, shape[1] // self.patch_size)
         return self.run(self.preprocess(image)[None])[0]
 
     def extract_batch(self, images: Sequence[np.ndarray]) -> np.ndarray:

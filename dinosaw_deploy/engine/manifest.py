@@ -18,6 +18,7 @@ from dinosaw_deploy.files import atomic_write_bytes
 FORMAT = "dinosaw-deploy/manifest"
 FORMAT_VERSION = 1
 METADATA_KEY = "dinosaw_manifest"
+MAX_MANIFEST_BYTES = 1 << 20
 
 
 def sidecar_path(artifact: str | os.PathLike) -> Path:
@@ -45,7 +46,10 @@ def parse_manifest(text: str, source: str) -> dict[str, Any]:
         raise DinosawError(f"{source}: not a valid manifest ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise DinosawError(f"{source}: not a dinosaw-deploy manifest")
-    if record.get("format_version", 0) > FORMAT_VERSION:
+    version = record.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise DinosawError(f"{source}: manifest format_version must be an integer, got {str(version)[:40]!r}")
+    if version > FORMAT_VERSION:
         raise DinosawError(
             f"{source}: manifest format {record['format_version']} is newer than this "
             f"dinosaw-deploy understands ({FORMAT_VERSION}); upgrade the package"
@@ -59,7 +63,13 @@ def read_manifest(artifact: str | os.PathLike) -> dict[str, Any]:
     path = artifact if artifact.suffix == ".json" else sidecar_path(artifact)
     if not path.is_file():
         raise DinosawError(f"no manifest found at {path}")
-    return parse_manifest(path.read_text(), str(path))
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise DinosawError(f"{path}: not a manifest (larger than {MAX_MANIFEST_BYTES >> 20} MiB)")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise DinosawError(f"{path}: not a valid manifest (binary, not UTF-8 JSON)") from None
+    return parse_manifest(text, str(path))
 
 
 def engine_identity(manifest: dict[str, Any]) -> str:

@@ -46,13 +46,34 @@ def fit_intensity_range(
 ) -> tuple[float, float]:
     """The (lo, hi) that every tile maps to [0, 1] (see the module docstring for the rules)."""
     if intensity_range is not None:
-        lo, hi = map(float, intensity_range)
-        if not hi > lo:
-            raise DinosawError(f"intensity range must have hi > lo, got ({lo}, {hi})")
-        return lo, hi
+        return check_range(intensity_range)
     if percentiles is None and (reader.dtype == np.bool_ or np.issubdtype(reader.dtype, np.integer)):
         return dtype_range(reader.dtype)
     return range_of_values(sample_pixels(reader, seed=seed), percentiles)
+
+
+def check_range(intensity_range: tuple[float, float]) -> tuple[float, float]:
+    """(lo, hi) as floats if usable: finite float32 values with hi - lo a normal positive float32
+    (a subnormal or zero width would divide by zero); else a DinosawError saying what is allowed."""
+    try:
+        lo, hi = map(float, intensity_range)
+    except (TypeError, ValueError):
+        raise DinosawError(f"intensity range must be two numbers, got {intensity_range!r}") from None
+    limit = float(np.finfo(np.float32).max)
+    if not (np.isfinite(lo) and np.isfinite(hi) and abs(lo) <= limit and abs(hi) <= limit):
+        raise DinosawError(f"intensity range must be finite numbers within +-{limit:.3g}, got ({lo}, {hi})")
+    if not hi - lo >= float(np.finfo(np.float32).tiny):
+        raise DinosawError(f"intensity range must have hi > lo by at least {np.finfo(np.float32).tiny:.3g} "
+                           f"(a normal float), got ({lo}, {hi})")
+    return lo, hi
+
+
+def check_pixels(image: np.ndarray) -> None:
+    """Refuse complex, non-numeric, NaN or infinite pixels (floats are checked value by value)."""
+    if np.iscomplexobj(image) or not (image.dtype == np.bool_ or np.issubdtype(image.dtype, np.number)):
+        raise DinosawError(f"unsupported pixel type {image.dtype} (use integer or real floating-point pixels)")
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        raise DinosawError("the image contains NaN or infinite values")
 
 
 def dtype_range(dtype: np.dtype) -> tuple[float, float]:
@@ -66,11 +87,10 @@ def dtype_range(dtype: np.dtype) -> tuple[float, float]:
 def range_of_values(values: np.ndarray, percentiles: tuple[float, float] | None = None) -> tuple[float, float]:
     """The range fitted to pixel values: their percentiles, else [0, 1] when they lie inside it,
     else their min/max; a flat sample maps its value to 0 with unit scale."""
-    if np.iscomplexobj(values) or not (values.dtype == np.bool_ or np.issubdtype(values.dtype, np.number)):
-        raise DinosawError(f"unsupported pixel type {values.dtype}")
+    check_pixels(values)
+    if values.size == 0:
+        raise DinosawError("the image is empty")
     values = values.astype(np.float64, copy=False)
-    if not np.isfinite(values).all():
-        raise DinosawError("the image contains NaN or infinite values")
     if percentiles is not None:
         p_lo, p_hi = map(float, percentiles)
         if not 0.0 <= p_lo < p_hi <= 100.0:
@@ -80,23 +100,23 @@ def range_of_values(values: np.ndarray, percentiles: tuple[float, float] | None 
         lo, hi = float(values.min()), float(values.max())
         if lo >= 0.0 and hi <= 1.0:
             return 0.0, 1.0
-    if not hi > lo:
+    if not hi - lo >= float(np.finfo(np.float32).tiny):  # flat (to float32 precision)
         return lo, lo + 1.0
     return lo, hi
 
 
 def scale_intensity(image: np.ndarray, intensity_range: tuple[float, float] | None = None) -> np.ndarray:
     """Map intensities to float32 [0, 1]: ``intensity_range`` (lo, hi) linearly, clipped; None =
-    the image's own range by the rules above (the whole image is the sample)."""
+    the image's own range by the rules above (the whole image is the sample). Every pixel is checked:
+    NaN, infinite or complex pixels anywhere in ``image`` (e.g. one tile of a scan) are refused."""
     image = np.asarray(image)
     if image.size == 0:
         raise DinosawError("the image is empty")
+    check_pixels(image)
     if intensity_range is None:
         if image.dtype == np.bool_ or np.issubdtype(image.dtype, np.integer):
             intensity_range = dtype_range(image.dtype)
         else:
             intensity_range = range_of_values(image)
-    lo, hi = map(float, intensity_range)
-    if not hi > lo:
-        raise DinosawError(f"intensity range must have hi > lo, got ({lo}, {hi})")
+    lo, hi = check_range(intensity_range)
     return np.clip((image.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)

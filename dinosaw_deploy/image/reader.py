@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -21,6 +22,12 @@ from dinosaw_deploy.errors import DinosawError
 
 # A compressed chunk (strip or tile) is decoded whole on every read that touches it.
 MAX_CHUNK_BYTES = 1 << 30
+# PNG/JPEG/... cannot be read region by region: they are decoded whole, so their declared size
+# (read from the header, before decoding) is capped. Raise it knowingly, or convert to a tiled TIFF.
+MAX_DECODE_PIXELS = 1 << 28
+# Pixel sizes outside this range (metres) are implausible metadata and treated as unknown.
+PLAUSIBLE_PIXEL_SIZE = (1e-12, 1e-2)
+log = logging.getLogger(__name__)
 _UNITS = {"m": 1.0, "mm": 1e-3, "um": 1e-6, "µm": 1e-6, "μm": 1e-6, "nm": 1e-9, "pm": 1e-12}
 
 
@@ -30,16 +37,23 @@ TIFF_SUFFIXES = {".tif", ".tiff", ".btf", ".tf8"}
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """A whole image as a numpy array: TIFF via tifffile, ``.npy``, else PNG/JPEG/... via imagecodecs."""
     path = Path(path)
-    if not path.is_file():
-        raise DinosawError(f"image not found: {path}")
+    require_file(path, "image")
     suffix = path.suffix.lower()
+    if suffix not in TIFF_SUFFIXES:
+        declared = image_shape(path)
+        if declared is not None and declared[0] * declared[1] > MAX_DECODE_PIXELS and suffix != ".npy":
+            raise DinosawError(
+                f"{path.name} declares {declared[0]}x{declared[1]} px; {path.suffix} files are decoded whole and "
+                f"the limit is {MAX_DECODE_PIXELS} px (dinosaw_deploy.image.reader.MAX_DECODE_PIXELS): convert it "
+                "to a tiled TIFF, which is read region by region"
+            )
     try:
         if suffix in TIFF_SUFFIXES:
             import tifffile
 
             image = tifffile.imread(path)
         elif suffix == ".npy":
-            image = np.load(path, allow_pickle=False)
+            image = np.load(path, mmap_mode="r", allow_pickle=False)  # read lazily, region by region
         else:
             import imagecodecs
 
@@ -50,6 +64,52 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if image.size == 0:
         raise DinosawError(f"cannot read image {path}: it holds no pixels")
     return image
+
+
+def require_file(path: Path, what: str) -> None:
+    """Refuse a missing path, a folder, a FIFO or a device with one clear line (a FIFO is never opened,
+    so it cannot hang the process)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise DinosawError(f"{what} not found: {path}") from None
+    except OSError as exc:
+        raise DinosawError(f"{what} {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise DinosawError(f"{what} {path} is {kind}; give an image file")
+
+
+def image_shape(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(height, width) an image file declares, read from its header without decoding the pixels
+    (TIFF: first page; ``.npy``: the array header; PNG/JPEG/...: Pillow's lazy open); None if unknown."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix in TIFF_SUFFIXES:
+            import tifffile
+
+            with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                return int(page.imagelength), int(page.imagewidth)
+        if suffix == ".npy":
+            fmt = np.lib.format
+            with open(path, "rb") as handle:
+                version = fmt.read_magic(handle)
+                read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+                if read is None:
+                    return None
+                shape = read(handle)[0]
+            shape = shape[1:] if channels_first(shape) else shape
+            return (int(shape[0]), int(shape[1])) if len(shape) >= 2 else None
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = None  # we apply our own limit to the declared size
+        with Image.open(path) as image:
+            width, height = image.size
+        return int(height), int(width)
+    except Exception:  # unreadable header: the decoder gives the precise error
+        return None
 
 
 def channels_first(shape: tuple[int, ...], channels: tuple[int, ...] = (1, 3, 4)) -> bool:
@@ -89,6 +149,8 @@ class ArrayRegions:
 
     def __init__(self, image: np.ndarray) -> None:
         image = np.asarray(image)
+        if image.size == 0:
+            raise DinosawError(f"the image is empty (shape {image.shape})")
         self.array = image if image.ndim == 2 else to_channels_last(image)
         self.shape = self.array.shape[:2]
         self.dtype = self.array.dtype
@@ -129,9 +191,9 @@ class ImageReader:
 
     def __init__(self, path: str | os.PathLike, *, page: int = 0, level: int = 0, crop_databar: bool = False):
         self.path = Path(path)
-        if not self.path.is_file():
-            raise DinosawError(f"image not found: {self.path}")
+        require_file(self.path, "image")
         self._tif = None
+        self.series_pages = 1
         try:
             self._open(page, level, crop_databar)
         except DinosawError:
@@ -202,6 +264,7 @@ class ImageReader:
         dtype = page.dtype if self._colormap is None else self._colormap.dtype
         self._finish_layout(height, width, samples, dtype)
         scale = self._levels[0][0] / height if level and self._levels else 1.0
+        pixel_size = _plausible(pixel_size, self.path)
         self._pixel_size = None if pixel_size is None else (pixel_size[0] * scale, pixel_size[1] * scale)
         self._vendor = vendor
         self._acquired_height = None if acquired is None or level else acquired
@@ -233,6 +296,7 @@ class ImageReader:
             self._levels = tuple((int(lv.shape[lv.axes.index("Y")]), int(lv.shape[lv.axes.index("X")]))
                                  for lv in series.levels if "Y" in lv.axes and "X" in lv.axes)
         self._series = 0 if series is None else tif.series.index(series)
+        self.series_pages = 1 if series is None or level else len(series.pages)
         return page
 
     def _check_page(self, page) -> None:
@@ -270,6 +334,9 @@ class ImageReader:
             raise DinosawError(f"{self.path.name}: {samples} samples per pixel are not supported (1, 3 or 4)")
         self._full_height, self._full_width, self._channels = int(height), int(width), int(samples)
         self.dtype = np.dtype(dtype)
+        if self.dtype.kind not in "biuf":
+            raise DinosawError(f"{self.path.name}: {self.dtype} pixels are not supported (integer or real float; "
+                               "complex images: save the magnitude or the real part)")
 
     # -- reading ----------------------------------------------------------------------------
     @property
@@ -381,6 +448,16 @@ def _ome_pixel_size(tif, series: int = 0) -> tuple[float, float] | None:
     except (ET.ParseError, IndexError, KeyError, ValueError):
         return None
     return size[0], size[1]
+
+
+def _plausible(size: tuple[float, float] | None, path: Path) -> tuple[float, float] | None:
+    """The pixel size, or None (with a warning) when it lies outside :data:`PLAUSIBLE_PIXEL_SIZE`."""
+    lo, hi = PLAUSIBLE_PIXEL_SIZE
+    if size is None or all(lo <= float(v) <= hi for v in size):
+        return size
+    log.warning("%s: ignoring the implausible pixel size %s m in its metadata (allowed %g..%g m); pixel size "
+                "unknown", path.name, tuple(size), lo, hi)
+    return None
 
 
 def _positive(value: Any) -> bool:

@@ -9,9 +9,12 @@ from typing import Any
 import numpy as np
 
 from dinosaw_deploy._version import __version__
+from dinosaw_deploy.engine.contract import MAX_WHOLE_IMAGE_TOKENS
 from dinosaw_deploy.engine.extractor import FeatureExtractor
+from dinosaw_deploy.engine.preprocess import grid_shape
 from dinosaw_deploy.errors import DinosawError
-from dinosaw_deploy.files import check_output
+from dinosaw_deploy.files import check_output, output_lock
+from dinosaw_deploy.image.reader import image_shape, read_image, to_channels_last
 from dinosaw_deploy.probe.positional import ALPHA, RAMPS, SAMPLE_DIVISOR, summarize
 from dinosaw_deploy.probe.report import display_maps, require_matplotlib, write_figure, write_report
 
@@ -51,20 +54,21 @@ def _load_features(path: Path, tiles: bool):
 
 
 def _read_image(path: Path, extractor):
-    """A whole image for a one-pass engine run; refuses images too large for that (tile them)."""
-    from dinosaw_deploy.engine.contract import MAX_WHOLE_IMAGE_TOKENS
-    from dinosaw_deploy.engine.preprocess import grid_shape
-    from dinosaw_deploy.image.reader import read_image, to_channels_last
-
-    image = read_image(path)
-    h, w = grid_shape(*to_channels_last(image).shape[:2], extractor.patch_size)
+    """A whole image for a one-pass engine run; refuses images too large for that (tile them), from the
+    header's declared size before decoding when the format tells it."""
+    declared = image_shape(path)
+    image = None
+    if declared is None:
+        image = read_image(path)
+        declared = to_channels_last(image).shape[:2]
+    h, w = grid_shape(*declared, extractor.patch_size)
     if h * w > MAX_WHOLE_IMAGE_TOKENS:
         raise DinosawError(
             f"{path.name}: {h}x{w} patches is too large for one engine pass; write tiled features "
             f"(dinosaw-deploy features {path.name} -o feats.zarr) and probe the store "
             "(--tiles for tile-local ramps)"
         )
-    return image
+    return read_image(path) if image is None else image
 
 
 def _engine_info(extractor) -> dict[str, Any]:
@@ -146,8 +150,17 @@ def run_probe(
     if output.suffix != ".json":
         raise DinosawError(f"output must end in .json, got {output.name}")
     figure = output.with_suffix(".png") if figure else None
-    for target in [output] + ([figure] if figure else []):
+    targets = [output] + ([figure] if figure else [])
+    for target in targets:
         check_output(target, inputs + ([Path(extractor.model_path)] if extractor is not None else []), overwrite)
+    with output_lock(targets):
+        return _probe(inputs, output, figure, extractor=extractor, tiles=tiles, roll=roll, shifts=shifts,
+                      roll_tolerance=roll_tolerance, repeats=repeats, seed=seed, top=top, max_sample=max_sample,
+                      echo=echo)
+
+
+def _probe(inputs: list[Path], output: Path, figure: Path | None, *, extractor, tiles, roll, shifts, roll_tolerance,
+           repeats, seed, top, max_sample, echo: Echo) -> dict[str, Any]:
     if figure:
         require_matplotlib()
     for path in inputs:

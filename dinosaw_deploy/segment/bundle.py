@@ -9,13 +9,18 @@ Members:
 * ``manifest.json`` — format name and version and the sha256 of every other member.
 
 Loading checks the format version and every hash, so a bundle from a newer release, a truncated
-download or an edited member gives one clear error instead of wrong predictions.
+download or an edited member gives one clear error instead of wrong predictions. A bundle is untrusted
+input: each member's declared size is capped (:data:`MAX_MEMBER_BYTES`) before it is read, and each
+``.npy`` inside ``arrays.npz`` is checked (plain float/int dtype, declared shape matching its bytes, at
+most :data:`MAX_ARRAY_BYTES`) before it is allocated. The content schema is
+:mod:`dinosaw_deploy.segment.bundle_schema`; the booster's structure :mod:`dinosaw_deploy.segment.booster_check`.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import math
 import os
 import zipfile
 import zlib
@@ -31,6 +36,10 @@ from dinosaw_deploy.files import atomic_path
 FORMAT = "dinosaw-deploy/segmenter"
 FORMAT_VERSION = 1
 CONFIG, ARRAYS, CLASSIFIER, MANIFEST = "config.json", "arrays.npz", "classifier.ubj", "manifest.json"
+# declared (uncompressed) size caps per member; zipfile never inflates a member past its declared size
+MAX_MEMBER_BYTES = {MANIFEST: 64 << 10, CONFIG: 1 << 20, ARRAYS: 256 << 20, CLASSIFIER: 512 << 20}
+MAX_ARRAY_BYTES = 64 << 20
+MAX_ARRAYS = 64
 
 
 @dataclass
@@ -61,11 +70,16 @@ def save_bundle(path: str | os.PathLike, bundle: Bundle) -> Path:
         "format_version": FORMAT_VERSION,
         "sha256": {name: _sha256(data) for name, data in members.items()},
     }
-    with atomic_path(path) as tmp:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr(MANIFEST, json.dumps(manifest, indent=2) + "\n")
-            for name, data in members.items():
-                archive.writestr(name, data)
+    if not path.parent.is_dir():
+        raise DinosawError(f"cannot save {path}: the folder {path.parent} does not exist")
+    try:
+        with atomic_path(path) as tmp:
+            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+                archive.writestr(MANIFEST, json.dumps(manifest, indent=2) + "\n")
+                for name, data in members.items():
+                    archive.writestr(name, data)
+    except OSError as exc:
+        raise DinosawError(f"cannot save {path}: {exc.strerror or exc}") from None
     return path
 
 
@@ -80,6 +94,10 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
             missing = {MANIFEST, CONFIG, ARRAYS, CLASSIFIER} - names
             if missing:
                 raise DinosawError(f"{path}: not a complete .dsw model bundle (missing {', '.join(sorted(missing))})")
+            for name, cap in MAX_MEMBER_BYTES.items():
+                if archive.getinfo(name).file_size > cap:
+                    raise DinosawError(f"{path}: {name} declares {archive.getinfo(name).file_size} bytes, more than "
+                                       f"the {cap} bytes a model bundle may hold there")
             data = {name: archive.read(name) for name in (MANIFEST, CONFIG, ARRAYS, CLASSIFIER)}
     except (zipfile.BadZipFile, zlib.error, OSError, EOFError, zipfile.LargeZipFile) as exc:
         raise DinosawError(f"{path}: not a .dsw model bundle, or a corrupt one ({exc})") from None
@@ -96,16 +114,49 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
             f"{path}: bundle format {version} is newer than this dinosaw-deploy understands "
             f"({FORMAT_VERSION}); upgrade the package"
         )
-    hashes = manifest.get("sha256") or {}
+    hashes = manifest.get("sha256")
+    if not isinstance(hashes, dict):
+        raise DinosawError(f"{path}: {MANIFEST} has no sha256 record")
     for name in (CONFIG, ARRAYS, CLASSIFIER):
         if hashes.get(name) != _sha256(data[name]):
             raise DinosawError(f"{path}: {name} does not match its recorded sha256 (tampered or corrupt bundle)")
-    try:
-        with np.load(io.BytesIO(data[ARRAYS]), allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise DinosawError(f"{path}: unreadable {ARRAYS} ({exc})") from None
+    arrays = _read_npz(data[ARRAYS], f"{path}: {ARRAYS}")
     return Bundle(config=_json(data[CONFIG], path, CONFIG), arrays=arrays, classifier=data[CLASSIFIER])
+
+
+def _read_npz(raw: bytes, source: str) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz``, each header checked (dtype, shape, size) before its data is read."""
+    fmt = np.lib.format
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+            infos = archive.infolist()
+            if len(infos) > MAX_ARRAYS:
+                raise DinosawError(f"{source}: {len(infos)} members, at most {MAX_ARRAYS}")
+            for info in infos:
+                key = info.filename.removesuffix(".npy")
+                if info.filename == key or "/" in key or info.file_size > MAX_ARRAY_BYTES + 4096:
+                    raise DinosawError(f"{source}: member {info.filename[:60]!r} is not a bounded .npy array")
+                with archive.open(info) as member:
+                    version = fmt.read_magic(member)
+                    if version not in ((1, 0), (2, 0)):
+                        raise DinosawError(f"{source}: {key}: unsupported .npy version {version}")
+                    reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                    shape, fortran, dtype = reader(member)
+                    if dtype.kind not in "fiub" or dtype.hasobject or dtype.fields is not None:
+                        raise DinosawError(f"{source}: {key}: dtype {dtype} is not a plain number type")
+                    count = math.prod(shape)
+                    if count * dtype.itemsize > MAX_ARRAY_BYTES:
+                        raise DinosawError(f"{source}: {key} declares shape {shape} ({count * dtype.itemsize} bytes), "
+                                           f"more than {MAX_ARRAY_BYTES}")
+                    body = member.read(count * dtype.itemsize + 1)
+                if len(body) != count * dtype.itemsize:
+                    raise DinosawError(f"{source}: {key}: {len(body)} data bytes for shape {shape} {dtype}")
+                array = np.frombuffer(bytearray(body), dtype=dtype, count=count)
+                arrays[key] = array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError) as exc:
+        raise DinosawError(f"{source}: unreadable ({type(exc).__name__}: {exc})") from None
+    return arrays
 
 
 def _json(raw: bytes, path: Path, member: str) -> dict[str, Any]:

@@ -103,6 +103,9 @@ def load_scribbles(path: str | os.PathLike, shape: tuple[int, int] | None = None
 
     path = Path(path)
     with open_image(path) as reader:
+        if reader.series_pages > 1:
+            raise DinosawError(f"{path}: labels hold a stack of {reader.series_pages} planes; give one (H, W) "
+                               "label image")
         height, width = reader.shape
         strips = ((y, reader.read_region(y, 0, min(STRIP_ROWS, height - y), width))
                   for y in range(0, height, STRIP_ROWS))

@@ -6,6 +6,14 @@ import numpy as np
 from dinosaw_deploy.errors import DinosawError
 
 CRF_HALO = 64
+MAX_MODAL = 256  # px: the halo every tile reads grows with the radius
+
+
+def check_modal(radius: object) -> int:
+    """The modal-filter radius as an int in 0..MAX_MODAL (0 = off), else a DinosawError."""
+    if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or not 0 <= radius <= MAX_MODAL:
+        raise DinosawError(f"modal must be an integer radius in 0..{MAX_MODAL} px (0 = off), got {radius!r}")
+    return int(radius)
 
 
 def modal_filter(labels: np.ndarray, radius: int, num_classes: int) -> np.ndarray:

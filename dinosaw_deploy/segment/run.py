@@ -3,7 +3,10 @@
 Both run tile by tile in bounded memory and resume after a kill: the work folder
 ``<output>.work/`` holds the ViT feature store, the trained model and the finished prediction
 tiles (zarr + one marker file per tile); a rerun of the same call continues where it stopped and
-gives the same files as an uninterrupted run. It is removed once the outputs are written.
+gives the same files as an uninterrupted run. It is removed once the outputs are written. The work
+folder carries our marker (a folder of that name we did not make is refused, never deleted), and the
+outputs are locked for the whole run (:func:`dinosaw_deploy.files.output_lock`): a second run
+writing the same output fails at once.
 
 >>> segment_scan("scan.tif", "scribbles.png", "seg.ome.tif", extractor=fx, save_model="seg.dsw")
 >>> apply_scan("other.tif", "seg.dsw", "other.ome.tif", extractor=fx)
@@ -24,7 +27,16 @@ import numpy as np
 
 from dinosaw_deploy.engine.extractor import FeatureExtractor
 from dinosaw_deploy.errors import DinosawError
-from dinosaw_deploy.files import atomic_path, check_output, file_sha256, fingerprint
+from dinosaw_deploy.files import (
+    atomic_path,
+    check_output,
+    file_sha256,
+    fingerprint,
+    is_owned,
+    make_owned_dir,
+    output_lock,
+    remove_owned,
+)
 from dinosaw_deploy.image.ome_writer import write_ome_pyramid
 from dinosaw_deploy.image.reader import ImageReader, open_image
 from dinosaw_deploy.segment.classifier import ClassifierParams
@@ -68,18 +80,25 @@ def output_paths(output: str | os.PathLike, probabilities: bool) -> dict[str, Pa
     return paths
 
 
-def _work_dir(output: Path, run: dict[str, Any], echo: Echo) -> Path:
-    """``<output>.work``, reused only if it was made by this very job on these very inputs."""
-    work = output.with_name(output.name + ".work")
+def work_path(output: str | os.PathLike) -> Path:
+    """The resumable work folder of a run writing ``output``: ``<output>.work``."""
+    output = Path(output)
+    return output.with_name(output.name + ".work")
+
+
+def _work_dir(output: Path, run: dict[str, Any], inputs: list[Path], echo: Echo) -> Path:
+    """``<output>.work``, reused only if we made it for this very job on these very inputs; a folder
+    of that name we did not make is refused, never deleted."""
+    work = work_path(output)
     record = json.dumps(run, sort_keys=True)
-    if work.is_dir():
+    if is_owned(work):
         previous = work / RUN_FILE
         if previous.is_file() and previous.read_text() == record:
             echo(f"resuming the unfinished run in {work}")
             return work
         echo(f"{work} belongs to a different run; starting over")
-        shutil.rmtree(work)
-    work.mkdir()
+    remove_owned(work, inputs)
+    make_owned_dir(work)
     (work / RUN_FILE).write_text(record)
     return work
 
@@ -185,10 +204,11 @@ def _run(image: Path, output: Path, inputs: list[Path], options: dict[str, Any],
     paths = output_paths(output, probabilities)
     for path in [*paths.values(), *extra_outputs]:
         check_output(path, inputs, overwrite)
+    check_output(work_path(output), inputs, overwrite=True)
     run = {"command": options, "inputs": [fingerprint(p) for p in inputs]}
     with open_image(image) as reader:
         checked = check(reader) if check is not None else None
-        work = _work_dir(output, run, echo)
+        work = _work_dir(output, run, inputs, echo)
         seg = get_segmenter(work)
         gray = seg.gray_image(reader)
         grid = _patch_grid(reader, extractor, work, echo, progress)
@@ -245,16 +265,18 @@ def segment_scan(
         seg.fit_source(gray, scribbles, grid)
         seg.save(work / "model.dsw")
 
-    work, result = _run(image, output, inputs, options, overwrite=overwrite, probabilities=probabilities,
-                        modal=modal, crf=crf, extra_outputs=[save_model] if save_model else [],
-                        get_segmenter=get_segmenter, train=train, extractor=extractor, echo=echo, progress=progress,
-                        check=lambda reader: load_scribbles(labels, reader.shape))
-    if save_model is not None:
-        with atomic_path(save_model) as tmp:
-            shutil.copyfile(work / "model.dsw", tmp)
-        result.outputs["model"] = save_model
-        echo(f"wrote {save_model}")
-    shutil.rmtree(work)
+    extra = [save_model] if save_model else []
+    with output_lock([*output_paths(output, probabilities).values(), *extra]):
+        work, result = _run(image, output, inputs, options, overwrite=overwrite, probabilities=probabilities,
+                            modal=modal, crf=crf, extra_outputs=extra, get_segmenter=get_segmenter, train=train,
+                            extractor=extractor, echo=echo, progress=progress,
+                            check=lambda reader: load_scribbles(labels, reader.shape))
+        if save_model is not None:
+            with atomic_path(save_model) as tmp:
+                shutil.copyfile(work / "model.dsw", tmp)
+            result.outputs["model"] = save_model
+            echo(f"wrote {save_model}")
+        remove_owned(work, inputs)
     return result
 
 
@@ -281,8 +303,9 @@ def apply_scan(
     seg = Segmenter.load(model, extractor, threads=threads)
     options = {"name": "apply", "model_sha256": file_sha256(model), "modal": modal, "crf": crf,
                "probabilities": probabilities}
-    work, result = _run(image, output, inputs, options, overwrite=overwrite, probabilities=probabilities,
-                        modal=modal, crf=crf, extra_outputs=[], get_segmenter=lambda _: seg, train=None,
-                        extractor=seg.extractor, echo=echo, progress=progress)
-    shutil.rmtree(work)
+    with output_lock(output_paths(output, probabilities).values()):
+        work, result = _run(image, output, inputs, options, overwrite=overwrite, probabilities=probabilities,
+                            modal=modal, crf=crf, extra_outputs=[], get_segmenter=lambda _: seg, train=None,
+                            extractor=seg.extractor, echo=echo, progress=progress)
+        remove_owned(work, inputs)
     return result

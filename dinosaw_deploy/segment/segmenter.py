@@ -23,7 +23,9 @@ from dinosaw_deploy.engine.manifest import engine_identity
 from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.image.intensity import fit_intensity_range, scale_intensity
 from dinosaw_deploy.image.reader import ArrayRegions, RegionSource
+from dinosaw_deploy.segment.booster_check import check_booster
 from dinosaw_deploy.segment.bundle import Bundle, load_bundle, save_bundle
+from dinosaw_deploy.segment.bundle_schema import check_arrays, check_config
 from dinosaw_deploy.segment.classifier import (
     MAX_PIXEL_CLASS_PAIRS,
     PREDICT_PARAMS,
@@ -34,7 +36,7 @@ from dinosaw_deploy.segment.classifier import (
 from dinosaw_deploy.segment.contrast import Clahe, ClaheConfig
 from dinosaw_deploy.segment.filters import Box, FilterBank, FilterBankConfig
 from dinosaw_deploy.segment.labels import LabelClass, Scribbles, scribbles_from_array
-from dinosaw_deploy.segment.postprocess import CRF_HALO, dense_crf, modal_filter
+from dinosaw_deploy.segment.postprocess import CRF_HALO, check_modal, dense_crf, modal_filter
 from dinosaw_deploy.segment.vit_channels import PcaFeatures
 from dinosaw_deploy.tiling.grid import tile_boxes
 from dinosaw_deploy.tiling.parallel import map_ordered
@@ -57,7 +59,10 @@ class GrayImage:
     def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
         rows, cols = key
         region = self.source.read_region(rows.start, cols.start, rows.stop - rows.start, cols.stop - cols.start)
-        scaled = scale_intensity(region, self.intensity_range)
+        try:  # every pixel as it is read: a NaN block outside the intensity sample is refused here
+            scaled = scale_intensity(region, self.intensity_range)
+        except DinosawError as exc:
+            raise DinosawError(f"{exc} (region y {rows.start}..{rows.stop}, x {cols.start}..{cols.stop})") from None
         if scaled.ndim == 3:
             scaled = scaled[..., :3].mean(axis=-1) if scaled.shape[-1] in (3, 4) else scaled[..., 0]
         if self.contrast is not None:
@@ -233,6 +238,7 @@ class Segmenter:
         reads a halo around the box (``modal`` px for the majority filter, 64 px for the CRF) so a
         tile's modal-filtered labels equal the whole image's."""
         self._check_fitted()
+        check_modal(modal)
         y0, y1, x0, x1 = box
         pad = modal + (CRF_HALO if crf else 0)
         height, width = gray.shape
@@ -299,28 +305,28 @@ class Segmenter:
     @classmethod
     def load(cls, path: str | os.PathLike, extractor: Any = None, **options: Any) -> Segmenter:
         """A trained segmenter from a ``.dsw`` bundle; ``extractor`` must be the model's engine
-        (same weights; fp32 or fp16) when the bundle uses ViT features."""
+        (same weights; fp32 or fp16) when the bundle uses ViT features. The bundle is untrusted:
+        its config, arrays and booster structure are validated before anything is built from them."""
         xgboost = _xgboost()
         bundle = load_bundle(path)
         config = bundle.config
-        try:
-            vit = config["vit"]
-            seg = cls(
-                extractor=extractor,
-                filter_bank=FilterBankConfig.from_dict(config["filter_bank"]),
-                classifier=ClassifierParams(**config["classifier"]),
-                tile=int(config.get("tile", DEFAULT_TILE)),
-                max_samples_per_class=int(config["max_samples_per_class"]),
-                contrast=None if config.get("contrast") is None else ClaheConfig.from_dict(config["contrast"]),
-                **options,
-            )
-            seg.label_classes = [LabelClass.from_dict(c) for c in config["classes"]]
-            seg.training = dict(config.get("training") or {})
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DinosawError(f"{path}: incompatible model bundle ({type(exc).__name__}: {exc})") from None
+        check_config(config, str(path))
+        check_arrays(bundle.arrays, config, str(path))
+        vit = config["vit"]
+        seg = cls(
+            extractor=extractor,
+            filter_bank=FilterBankConfig.from_dict(config["filter_bank"]),
+            classifier=ClassifierParams(**config["classifier"]),
+            tile=config.get("tile", DEFAULT_TILE),
+            max_samples_per_class=config["max_samples_per_class"],
+            contrast=None if config.get("contrast") is None else ClaheConfig.from_dict(config["contrast"]),
+            **options,
+        )
+        seg.label_classes = [LabelClass.from_dict(c) for c in config["classes"]]
+        seg.training = dict(config.get("training") or {})
         if vit is not None:
             seg.engine = {k: vit[k] for k in ("model", "identity", "patch_size")}
-            seg.pca = PcaFeatures.from_arrays(bundle.arrays, int(vit["patch_size"]))
+            seg.pca = PcaFeatures.from_arrays(bundle.arrays, vit["patch_size"])
             if extractor is not None and engine_identity(extractor.manifest) != vit["identity"]:
                 raise DinosawError(
                     f"{path}: trained with the features of engine {vit['model']!r} (identity "
@@ -328,15 +334,17 @@ class Segmenter:
                 )
         elif extractor is not None:
             seg.extractor = None  # a classical model ignores the engine
+        if list(config["channels"]) != list(seg.channel_names):
+            raise DinosawError(f"{path}: the bundle's channels do not match its filter-bank / ViT settings")
+        check_booster(bundle.classifier, num_class=len(seg.label_classes), num_feature=len(seg.channel_names),
+                      source=f"{path}: classifier.ubj")
         booster = xgboost.Booster()
         try:
             booster.load_model(bytearray(bundle.classifier))
         except xgboost.core.XGBoostError as exc:
             raise DinosawError(f"{path}: unreadable classifier ({str(exc).splitlines()[0]})") from None
         booster.set_param(PREDICT_PARAMS)
-        if list(config["channels"]) != list(seg.channel_names) or booster.num_features() != len(seg.channel_names):
-            raise DinosawError(f"{path}: the bundle's channels do not match its filter-bank / ViT settings")
+        if booster.num_features() != len(seg.channel_names):
+            raise DinosawError(f"{path}: the classifier's features do not match the bundle's channels")
         seg.booster = booster
         return seg
-
-

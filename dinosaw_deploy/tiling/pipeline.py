@@ -31,7 +31,7 @@ import numpy as np
 from dinosaw_deploy.engine.extractor import FeatureExtractor
 from dinosaw_deploy.engine.preprocess import preprocess
 from dinosaw_deploy.errors import DinosawError
-from dinosaw_deploy.files import file_sha256, fingerprint
+from dinosaw_deploy.files import cached_sha256, fingerprint, output_lock
 from dinosaw_deploy.image.intensity import fit_intensity_range
 from dinosaw_deploy.image.reader import ArrayRegions, ImageReader, RegionSource
 from dinosaw_deploy.tiling.grid import RowMerger, TileGrid
@@ -196,19 +196,20 @@ def extract_tiled(
     grid = TileGrid.for_image(height, width, tile=tile, overlap=overlap, patch_size=extractor.patch_size, window=window)
     lo_hi = fit_intensity_range(reader, intensity_range=intensity_range, percentiles=percentiles)
     image = reader.info.to_dict()
-    engine = {"path": str(extractor.model_path), "sha256": file_sha256(extractor.model_path),
+    engine = {"path": str(extractor.model_path), "sha256": cached_sha256(extractor.model_path),
               "name": extractor.manifest.get("model")}
     run = {"image": {**image, **fingerprint(reader.path)}, "engine_sha256": engine["sha256"],
            "grid": grid.to_dict(), "dtype": dtype, "intensity_range": lo_hi}
-    writer = FeatureStoreWriter(
-        output,
-        grid=grid,
-        channels=extractor.embed_dim,
-        dtype=dtype,
-        attrs={"image": image, "intensity_range": lo_hi, "engine": engine, "dtype": dtype},
-        run=run,
-    )
-    stats = run_tiles(reader, extractor, grid, writer, lo_hi, batch=batch, progress=progress)
+    with output_lock([output]):  # one writer per store, for the whole run
+        writer = FeatureStoreWriter(
+            output,
+            grid=grid,
+            channels=extractor.embed_dim,
+            dtype=dtype,
+            attrs={"image": image, "intensity_range": lo_hi, "engine": engine, "dtype": dtype},
+            run=run,
+        )
+        stats = run_tiles(reader, extractor, grid, writer, lo_hi, batch=batch, progress=progress)
     seconds, computed = stats["seconds"], stats["tiles_computed"]
     return {
         "output": str(output),

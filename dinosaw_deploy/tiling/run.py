@@ -16,7 +16,7 @@ from dinosaw_deploy.engine.contract import MAX_WHOLE_IMAGE_TOKENS
 from dinosaw_deploy.engine.extractor import FeatureExtractor
 from dinosaw_deploy.engine.preprocess import grid_shape
 from dinosaw_deploy.errors import DinosawError
-from dinosaw_deploy.files import atomic_path, atomic_write_bytes, check_output
+from dinosaw_deploy.files import atomic_path, atomic_write_bytes, check_output, output_lock
 from dinosaw_deploy.image.intensity import fit_intensity_range
 from dinosaw_deploy.image.reader import ImageReader, open_image
 from dinosaw_deploy.tiling.pipeline import extract_tiled, tile_input
@@ -55,21 +55,22 @@ def extract_features(
         raise DinosawError("--tile/--overlap/--batch/--dtype/--merge/--no-preview apply to .zarr outputs only")
     if intensity_range and percentiles:
         raise DinosawError("give --intensity-range or --intensity-percentiles, not both")
-    inputs = [image, extractor.model_path]
-    check_output(output, inputs, overwrite)
+    outputs = [output]
     if suffix == ".npy":
-        check_output(output.with_name(output.name + ".json"), inputs, overwrite)
+        outputs.append(output.with_name(output.name + ".json"))  # the sidecar is an output too
     elif preview:
-        check_output(preview_path(output), inputs, overwrite)
-    with open_image(image, page=page, level=level, crop_databar=crop_databar) as reader:
+        outputs.append(preview_path(output))
+    for path in outputs:
+        check_output(path, [image, extractor.model_path], overwrite)
+    with output_lock(outputs), open_image(image, page=page, level=level, crop_databar=crop_databar) as reader:
         if suffix == ".npy":
             return _whole_image(reader, extractor, output, intensity_range=intensity_range, percentiles=percentiles)
         options = {**TILED_DEFAULTS, **tiled}
         summary = extract_tiled(reader, extractor, output, tile=options["tile"], overlap=options["overlap"],
                                 window=options["merge"], batch=options["batch"], dtype=options["dtype"],
                                 intensity_range=intensity_range, percentiles=percentiles, progress=progress)
-    if preview:
-        summary["preview"] = str(write_preview(FeatureStore.open(output), preview_path(output)))
+        if preview:
+            summary["preview"] = str(write_preview(FeatureStore.open(output), preview_path(output)))
     return summary
 
 

@@ -7,11 +7,13 @@ Layout of ``feats.zarr``::
                          engine, dtype, run (what must match to resume), progress
     features/            (C, h, w) float16/float32, chunks (C, 64, 64), zstd
 
-While running, the store lives at ``feats.zarr.partial``. Rows are written in whole chunk rows, and
-after each write ``progress`` records ``rows_done`` (patch rows on disk, a multiple of the chunk
-height) and ``tiles_done`` (tiles whose output lies entirely above: never recomputed). A rerun with
-the same ``run`` record resumes there; anything else starts over. Only at the end is ``complete``
-set and the directory renamed to its final name, so an unfinished store never carries it.
+While running, the store lives at ``feats.zarr.partial``, which carries the marker file of
+:func:`dinosaw_deploy.files.make_owned_dir` (a folder of that name we did not make is never
+deleted). Rows are written in whole chunk rows, and after each write ``progress`` records
+``rows_done`` (patch rows on disk, a multiple of the chunk height) and ``tiles_done`` (tiles whose
+output lies entirely above: never recomputed). A rerun with the same ``run`` record resumes there;
+anything else starts over. Only at the end is ``complete`` set and the directory renamed to its
+final name, so an unfinished store never carries it.
 (:func:`dinosaw_deploy.files.atomic_path` is not used here: its per-process temporary name is
 deleted on failure, and a resumable run needs a stable one that survives.)
 """
@@ -26,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from dinosaw_deploy.errors import DinosawError
+from dinosaw_deploy.files import is_owned, make_owned_dir, remove_owned
 from dinosaw_deploy.tiling.grid import TileGrid
 
 FORMAT = "dinosaw-deploy/features"
@@ -109,12 +112,21 @@ class FeatureStore:
 
     @property
     def patch_size(self) -> int:
-        return int(self.attrs["grid"]["patch_size"])
+        return int(self.grid.patch_size)
 
     @property
     def grid(self) -> TileGrid:
-        """The tile grid the features were made with."""
-        return TileGrid.from_dict(self.attrs["grid"])
+        """The tile grid the features were made with (a malformed record is a DinosawError)."""
+        record = self.attrs.get("grid")
+        try:
+            grid = TileGrid.from_dict(record)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise DinosawError(f"{self.path}: invalid tile-grid record in the store ({type(exc).__name__}: "
+                               f"{exc})") from None
+        if (grid.grid_h, grid.grid_w) != tuple(self.shape[1:]):
+            raise DinosawError(f"{self.path}: the tile-grid record ({grid.grid_h}x{grid.grid_w} patches) does not "
+                               f"match the stored features {self.shape}")
+        return grid
 
     @property
     def image(self) -> dict[str, Any]:
@@ -123,8 +135,11 @@ class FeatureStore:
 
     @property
     def intensity_range(self) -> tuple[float, float]:
-        lo, hi = self.attrs["intensity_range"]
-        return float(lo), float(hi)
+        try:
+            lo, hi = self.attrs["intensity_range"]
+            return float(lo), float(hi)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DinosawError(f"{self.path}: invalid intensity_range record ({exc})") from None
 
     def read(self, y0: int, x0: int, height: int, width: int) -> np.ndarray:
         """Patch features [:, y0:y0+height, x0:x0+width] as float32 (patch coordinates)."""
@@ -158,8 +173,9 @@ class FeatureStoreWriter:
         group = self._resumable()
         try:
             if group is None:
-                shutil.rmtree(self.partial, ignore_errors=True)
-                group = zarr.open_group(self.partial, mode="w")
+                remove_owned(self.partial)  # ours from an older run; a folder that is not ours is refused
+                make_owned_dir(self.partial)
+                group = zarr.open_group(self.partial, mode="a")
                 group.create_array(
                     ARRAY,
                     shape=(channels, grid.grid_h, grid.grid_w),
@@ -182,7 +198,7 @@ class FeatureStoreWriter:
         """The partial store's group if it belongs to this very run, else None."""
         import zarr
 
-        if not self.partial.is_dir():
+        if not is_owned(self.partial):
             return None
         try:
             group = zarr.open_group(self.partial, mode="r+")

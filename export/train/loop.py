@@ -223,6 +223,9 @@ def train(
     call after that many optimizer steps (checkpointed), e.g. to fit a cluster job's time limit.
     """
     output = Path(output)
+    max_workers = 4 * (os.cpu_count() or 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= max_workers:
+        raise DinosawError(f"workers must be an integer in 0..{max_workers} (4 per CPU core), got {workers!r}")
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     if output.suffix != ".pth":
         raise DinosawError(f"the student checkpoint must end in .pth, got {output.name}")

@@ -16,8 +16,9 @@ import numpy as np
 
 from dinosaw_deploy.engine.backends.base import Backend
 from dinosaw_deploy.engine.backends.profile import TileProfile
-from dinosaw_deploy.engine.contract import INPUT_NAMES, OUTPUT_NAME, check_io_names
+from dinosaw_deploy.engine.contract import INPUT_NAMES, OUTPUT_NAME
 from dinosaw_deploy.engine.manifest import METADATA_KEY, parse_manifest, read_manifest, sidecar_path
+from dinosaw_deploy.engine.manifest_schema import check_agrees, check_engine_manifest, check_graph, check_onnx_hash
 from dinosaw_deploy.errors import DinosawError
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,12 @@ class OrtBackend(Backend):
         if name == "ort-tensorrt":
             cache_dir.mkdir(exist_ok=True)
         chain = providers or provider_list(name, cache_dir, profile)
+        sidecar = sidecar_path(self.model_path)
+        manifest = None
+        if sidecar.is_file():  # checked before ONNX Runtime parses a byte of the model
+            manifest = read_manifest(self.model_path)
+            check_engine_manifest(manifest, sidecar)
+            check_onnx_hash(self.model_path, manifest, sidecar)
         try:
             self.session = ort.InferenceSession(str(self.model_path), options, providers=chain)
         except Exception as exc:  # ORT raises its own pybind types for corrupt/unsupported files
@@ -93,22 +100,27 @@ class OrtBackend(Backend):
                 f"{', '.join(self.session.get_providers())}; see its log above). Fix the CUDA/TensorRT "
                 "installation, or choose backend 'cpu' knowingly"
             )
-        check_io_names(
-            [i.name for i in self.session.get_inputs()], [o.name for o in self.session.get_outputs()], self.model_path
-        )
-        self.manifest = self._load_manifest()
+        if manifest is not None and self._embedded_record() is not None:
+            check_agrees(manifest, parse_manifest(self._embedded_record(), str(self.model_path)), sidecar)
+        self.manifest = manifest or self._embedded_manifest()
+        check_graph(self.manifest, [(i.name, i.shape) for i in self.session.get_inputs()],
+                    [(o.name, o.shape) for o in self.session.get_outputs()], self.model_path)
 
     @property
     def providers(self) -> list[str]:
         return self.session.get_providers()
 
-    def _load_manifest(self) -> dict[str, Any]:
-        if sidecar_path(self.model_path).is_file():
-            return read_manifest(self.model_path)
-        embedded = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    def _embedded_record(self) -> str | None:
+        return self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+
+    def _embedded_manifest(self) -> dict[str, Any]:
+        embedded = self._embedded_record()
         if embedded is None:
             raise DinosawError(f"{self.model_path}: no manifest beside it and none embedded in the model")
-        return parse_manifest(embedded, f"{self.model_path} (embedded manifest)")
+        source = f"{self.model_path} (embedded manifest)"
+        manifest = parse_manifest(embedded, source)
+        check_engine_manifest(manifest, source)
+        return manifest
 
     def check_input(self, batch: int, height: int, width: int) -> None:
         if self.profile is not None:
