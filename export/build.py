@@ -16,6 +16,7 @@ from dinosaw_deploy.files import atomic_path, file_sha256
 
 from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .onnx_export import OPSET, export_onnx, verify_onnx
+from .quantize import quantize_int8, verify_int8
 
 DEFAULT_NAME = "alibi_dv2_vits14"
 
@@ -60,12 +61,18 @@ def artifact_metadata(loaded: LoadedCheckpoint, name: str, precision: str) -> di
     }
 
 
-def _export_verified(loaded: LoadedCheckpoint, path: Path, name: str, fp16: bool) -> dict[str, Any]:
-    """Export to a temporary name, verify, then rename: a failed check leaves nothing behind."""
-    metadata = artifact_metadata(loaded, name, "fp16" if fp16 else "fp32")
+def _export_verified(loaded: LoadedCheckpoint, path: Path, name: str, precision: str,
+                     fp32_path: Path | None = None) -> dict[str, Any]:
+    """Export (``fp32``, ``fp16``; ``int8``: quantise ``fp32_path``) to a temporary name, verify,
+    then rename: a failed check leaves nothing behind."""
+    metadata = artifact_metadata(loaded, name, precision)
     with atomic_path(path) as tmp:
-        export_onnx(loaded.model, tmp, loaded.bias, metadata, fp16=fp16)
-        report = verify_onnx(loaded.model, tmp, loaded.bias, fp16=fp16)
+        if precision == "int8":
+            quantize_int8(fp32_path, tmp, metadata)
+            report = verify_int8(loaded.model, tmp, loaded.bias)
+        else:
+            export_onnx(loaded.model, tmp, loaded.bias, metadata, fp16=precision == "fp16")
+            report = verify_onnx(loaded.model, tmp, loaded.bias, fp16=precision == "fp16")
     write_manifest(
         path,
         {
@@ -85,12 +92,14 @@ def run_export(
     out_dir: str | os.PathLike = "engines",
     name: str = DEFAULT_NAME,
     fp16: bool = False,
+    int8: bool = False,
     config_path: str | os.PathLike | None = None,
     overrides: dict[str, Any] | None = None,
     echo: Callable[[str], None] = lambda _msg: None,
 ) -> ExportResult:
-    """Load ``checkpoint`` and write ``<out_dir>/<name>.onnx`` (and ``.fp16.onnx``), each verified
-    against PyTorch and described by a ``.json`` manifest."""
+    """Load ``checkpoint`` and write ``<out_dir>/<name>.onnx`` (and ``.fp16.onnx``, ``.int8.onnx``:
+    the fp32 graph dynamically quantised for CPUs), each verified against PyTorch and described by
+    a ``.json`` manifest."""
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -99,9 +108,10 @@ def run_export(
     loaded = load_checkpoint(checkpoint, config_path=config_path, overrides=overrides)
     echo(f"loaded {loaded.source} ({loaded.model.config.depth} blocks, dim {loaded.model.config.embed_dim})")
     result = ExportResult()
-    targets = [(out / f"{name}.onnx", False)] + ([(out / f"{name}.fp16.onnx", True)] if fp16 else [])
-    for path, half in targets:
-        report = _export_verified(loaded, path, name, half)
+    fp32_path = out / f"{name}.onnx"
+    targets = [(fp32_path, "fp32")] + [(out / f"{name}.{p}.onnx", p) for p, on in (("fp16", fp16), ("int8", int8)) if on]
+    for path, precision in targets:
+        report = _export_verified(loaded, path, name, precision, fp32_path)
         result.artifacts.append(path)
         result.reports[path.name] = report
         echo(
