@@ -109,7 +109,8 @@ def run_export(
     echo(f"loaded {loaded.source} ({loaded.model.config.depth} blocks, dim {loaded.model.config.embed_dim})")
     result = ExportResult()
     fp32_path = out / f"{name}.onnx"
-    targets = [(fp32_path, "fp32")] + [(out / f"{name}.{p}.onnx", p) for p, on in (("fp16", fp16), ("int8", int8)) if on]
+    extra = [p for p, wanted in (("fp16", fp16), ("int8", int8)) if wanted]
+    targets = [(fp32_path, "fp32")] + [(out / f"{name}.{p}.onnx", p) for p in extra]
     for path, precision in targets:
         report = _export_verified(loaded, path, name, precision, fp32_path)
         result.artifacts.append(path)

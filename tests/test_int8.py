@@ -23,7 +23,8 @@ from .conftest import TINY  # noqa: E402
 @pytest.fixture(scope="module")
 def int8_engine(tmp_path_factory):
     out = tmp_path_factory.mktemp("int8")
-    result = run_export(TINY / "weights_timm.pth", out_dir=out, name="tiny", int8=True, config_path=TINY / "config.json")
+    result = run_export(TINY / "weights_timm.pth", out_dir=out, name="tiny", int8=True,
+                        config_path=TINY / "config.json")
     assert [p.name for p in result.artifacts] == ["tiny.onnx", "tiny.int8.onnx"]
     return out / "tiny.int8.onnx"
 

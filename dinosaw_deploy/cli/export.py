@@ -38,8 +38,8 @@ from dinosaw_deploy.errors import DinosawError
 @click.option("--hardware-compatible", is_flag=True, help="Plan: run on any Ampere or newer GPU (slower).")
 @click.option("--version-compatible", is_flag=True, help="Plan: run on later TensorRT versions too (slower).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing plan.")
-def export_command(checkpoint, config_path, num_heads, fp16, int8, out_dir, name, tensorrt, from_onnx, tile, min_tile, max_tile,
-           max_batch, workspace, opt_level, hardware_compatible, version_compatible, overwrite) -> None:
+def export_command(checkpoint, config_path, num_heads, fp16, int8, out_dir, name, tensorrt, from_onnx, tile, min_tile,
+           max_tile, max_batch, workspace, opt_level, hardware_compatible, version_compatible, overwrite) -> None:
     """Export ALiBi-Dv2 to ONNX, verified against PyTorch; on a GPU host also build TensorRT plans."""
     from dinosaw_deploy.engine.backends.plan_manifest import plan_path_for
     from dinosaw_deploy.export.tensorrt import PlanOptions, build_plan, import_tensorrt, tensorrt_available

@@ -165,7 +165,7 @@ class LiveProcessor:
         error: BaseException | None = None
         try:
             job.frame = self._prepare(frame)  # outside the lock: the worker goes on meanwhile
-        except DinosawError as exc:
+        except Exception as exc:  # noqa: BLE001 - a bad frame (or one too big to copy) fails alone
             error = exc
         dropped: _Job | None = None
         with self._cond:
@@ -173,7 +173,7 @@ class LiveProcessor:
                 raise DinosawError("the LiveProcessor is closed")
             job.seq, self._seq = self._seq, self._seq + 1
             if error is not None:
-                error = FrameError(f"frame {job.seq}: {error}")
+                error = _frame_error(job.seq, error)
             elif self.on_full == "block":
                 while len(self._pending) >= self.queue_size and not self._closed:
                     self._cond.wait()
@@ -232,11 +232,8 @@ class LiveProcessor:
             except Exception as exc:  # noqa: BLE001 - any failure resolves this frame, the worker goes on
                 if not isinstance(exc, DinosawError):
                     log.warning("frame %d failed unexpectedly", job.seq, exc_info=True)
-                reason = str(exc) if isinstance(exc, DinosawError) else f"{type(exc).__name__}: {exc}"
-                error = FrameError(f"frame {job.seq}: {reason}")
-                error.__cause__ = exc
                 job.frame = None
-                self._finish(job, "failed", error=error)
+                self._finish(job, "failed", error=_frame_error(job.seq, exc))
                 continue
             job.frame = None
             end = time.perf_counter()
@@ -315,6 +312,14 @@ class LiveProcessor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _frame_error(seq: int, exc: BaseException) -> FrameError:
+    """The clear error a failed frame's future carries (the original as its cause)."""
+    reason = str(exc) if isinstance(exc, DinosawError) else f"{type(exc).__name__}: {exc}"
+    error = FrameError(f"frame {seq}: {reason}")
+    error.__cause__ = exc
+    return error
 
 
 def _settle(future: Future, result: FrameResult | None, error: BaseException | None) -> None:
