@@ -16,6 +16,7 @@ from dinosaw_deploy.files import atomic_path, check_output, file_sha256, output_
 
 from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .onnx_export import OPSET, export_onnx, verify_onnx
+from .quantize import QUANTIZATION, quantize_int8
 
 DEFAULT_NAME = "alibi_dv2_vits14"
 
@@ -60,12 +61,19 @@ def artifact_metadata(loaded: LoadedCheckpoint, name: str, precision: str) -> di
     }
 
 
-def _export_verified(loaded: LoadedCheckpoint, path: Path, name: str, fp16: bool) -> dict[str, Any]:
-    """Export to a temporary name, verify, then rename: a failed check leaves nothing behind."""
-    metadata = artifact_metadata(loaded, name, "fp16" if fp16 else "fp32")
+def _export_verified(loaded: LoadedCheckpoint, path: Path, name: str, precision: str,
+                     fp32_path: Path | None = None) -> dict[str, Any]:
+    """Export (``fp32``, ``fp16``; ``int8``: quantise ``fp32_path``) to a temporary name, verify,
+    then rename: a failed check leaves nothing behind."""
+    metadata = artifact_metadata(loaded, name, precision)
     with atomic_path(path) as tmp:
-        export_onnx(loaded.model, tmp, loaded.bias, metadata, fp16=fp16)
-        report = verify_onnx(loaded.model, tmp, loaded.bias, fp16=fp16)
+        if precision == "int8":
+            quantize_int8(fp32_path, tmp, metadata)
+        else:
+            export_onnx(loaded.model, tmp, loaded.bias, metadata, fp16=precision == "fp16")
+        report = verify_onnx(loaded.model, tmp, loaded.bias, precision=precision, artifact=path.name)
+        if precision == "int8":
+            report["quantization"] = QUANTIZATION
     write_manifest(
         path,
         {
@@ -85,20 +93,23 @@ def run_export(
     out_dir: str | os.PathLike = "engines",
     name: str = DEFAULT_NAME,
     fp16: bool = False,
+    int8: bool = False,
     config_path: str | os.PathLike | None = None,
     overrides: dict[str, Any] | None = None,
     echo: Callable[[str], None] = lambda _msg: None,
     overwrite: bool = False,
 ) -> ExportResult:
-    """Load ``checkpoint`` and write ``<out_dir>/<name>.onnx`` (and ``.fp16.onnx``), each verified
-    against PyTorch and described by a ``.json`` manifest. Existing artifacts are replaced only with
-    ``overwrite``; the checkpoint and config are never replaced. The outputs are locked while written."""
+    """Load ``checkpoint`` and write ``<out_dir>/<name>.onnx`` (and ``.fp16.onnx``, ``.int8.onnx``:
+    the fp32 graph dynamically quantised for CPUs), each verified against PyTorch and described by a
+    ``.json`` manifest. Existing artifacts are replaced only with ``overwrite``; the checkpoint and
+    config are never replaced. The outputs are locked while written."""
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DinosawError(f"cannot create output directory {out}: {exc.strerror}") from None
-    targets = [(out / f"{name}.onnx", False)] + ([(out / f"{name}.fp16.onnx", True)] if fp16 else [])
+    extra = [p for p, wanted in (("fp16", fp16), ("int8", int8)) if wanted]
+    targets = [(out / f"{name}.onnx", "fp32")] + [(out / f"{name}.{p}.onnx", p) for p in extra]
     outputs = [p for path, _ in targets for p in (path, sidecar_path(path))]
     inputs = [Path(p) for p in (checkpoint, config_path) if p is not None and Path(p).exists()]
     for path in outputs:
@@ -107,13 +118,13 @@ def run_export(
         return _export_all(checkpoint, targets, name, config_path, overrides, echo)
 
 
-def _export_all(checkpoint, targets: list[tuple[Path, bool]], name: str, config_path, overrides,
+def _export_all(checkpoint, targets: list[tuple[Path, str]], name: str, config_path, overrides,
                 echo: Callable[[str], None]) -> ExportResult:
     loaded = load_checkpoint(checkpoint, config_path=config_path, overrides=overrides)
     echo(f"loaded {loaded.source} ({loaded.model.config.depth} blocks, dim {loaded.model.config.embed_dim})")
     result = ExportResult()
-    for path, half in targets:
-        report = _export_verified(loaded, path, name, half)
+    for path, precision in targets:
+        report = _export_verified(loaded, path, name, precision, targets[0][0])
         result.artifacts.append(path)
         result.reports[path.name] = report
         echo(

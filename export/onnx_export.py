@@ -90,10 +90,12 @@ def verification_inputs(
 
 
 def verify_onnx(
-    model: AlibiDv2, onnx_path: str | os.PathLike, bias: BiasConfig, *, fp16: bool = False
+    model: AlibiDv2, onnx_path: str | os.PathLike, bias: BiasConfig, *, precision: str = "fp32",
+    artifact: str | None = None,
 ) -> dict[str, Any]:
     """Run the ONNX with ONNX Runtime (CPU) against fp32 PyTorch; raise if it disagrees
-    (criteria by precision in :data:`dinosaw_deploy.export.verify.CRITERIA`; a flat image is among the cases)."""
+    (criteria by precision in :data:`dinosaw_deploy.export.verify.CRITERIA`; a flat image is among the cases);
+    ``artifact`` names it in the error (the file may still carry a temporary name)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -103,6 +105,6 @@ def verify_onnx(
             expected = model(torch.from_numpy(pixel_values), torch.from_numpy(attn_bias)).numpy()
         (got,) = session.run([OUTPUT_NAME], {"pixel_values": pixel_values, "attn_bias": attn_bias})
         cases[name] = {"shape": list(pixel_values.shape), **compare(expected, got, f"{onnx_path} on {name}")}
-    verdict = verify_outputs(cases, "fp16" if fp16 else "fp32")
-    verdict.require(Path(onnx_path).name, "PyTorch")
+    verdict = verify_outputs(cases, precision)
+    verdict.require(artifact or Path(onnx_path).name, "PyTorch")
     return {"runtime": f"onnxruntime {ort.__version__} CPU", **verdict.report()}

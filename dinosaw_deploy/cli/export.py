@@ -17,6 +17,8 @@ from dinosaw_deploy.errors import DinosawError
 @click.option("--num-heads", type=click.IntRange(min=1), default=None, help="Attention heads (default: dim / 64).")
 @click.option("--fp16", is_flag=True, help="Also write a float16-compute ONNX (*.fp16.onnx); where TensorRT is "
               "installed, also build its plan. With --from-onnx on an fp32 ONNX: TensorRT 10's FP16 builder flag.")
+@click.option("--int8", is_flag=True, help="Also write an int8 ONNX for CPUs (*.int8.onnx: ONNX Runtime dynamic "
+              "quantisation, verified at per-token cosine >= 0.99 vs PyTorch; run it with --backend cpu).")
 @click.option("-o", "--out-dir", type=click.Path(file_okay=False), default="engines", show_default=True)
 @click.option("--name", default="alibi_dv2_vits14", show_default=True, help="Artifact base name.")
 @click.option("--tensorrt/--no-tensorrt", "tensorrt", default=None,
@@ -36,8 +38,8 @@ from dinosaw_deploy.errors import DinosawError
 @click.option("--hardware-compatible", is_flag=True, help="Plan: run on any Ampere or newer GPU (slower).")
 @click.option("--version-compatible", is_flag=True, help="Plan: run on later TensorRT versions too (slower).")
 @click.option("--overwrite", is_flag=True, help="Replace existing artifacts (ONNX, manifests, plans).")
-def export_command(checkpoint, config_path, num_heads, fp16, out_dir, name, tensorrt, from_onnx, tile, min_tile, max_tile,
-           max_batch, workspace, opt_level, hardware_compatible, version_compatible, overwrite) -> None:
+def export_command(checkpoint, config_path, num_heads, fp16, int8, out_dir, name, tensorrt, from_onnx, tile, min_tile,
+                   max_tile, max_batch, workspace, opt_level, hardware_compatible, version_compatible, overwrite) -> None:
     """Export ALiBi-Dv2 to ONNX, verified against PyTorch; on a GPU host also build TensorRT plans."""
     from dinosaw_deploy.engine.backends.plan_manifest import plan_path_for
     from dinosaw_deploy.export.tensorrt import PlanOptions, build_plan, import_tensorrt, tensorrt_available
@@ -48,8 +50,9 @@ def export_command(checkpoint, config_path, num_heads, fp16, out_dir, name, tens
                            hardware_compatible=hardware_compatible, version_compatible=version_compatible)
 
     if from_onnx is not None:
-        if checkpoint or config_path or num_heads or tensorrt is False:
-            raise DinosawError("--from-onnx only builds a plan: drop --checkpoint/--config/--num-heads/--no-tensorrt")
+        if checkpoint or config_path or num_heads or int8 or tensorrt is False:
+            raise DinosawError("--from-onnx only builds a plan: drop --checkpoint/--config/--num-heads/--int8/"
+                               "--no-tensorrt")
         build_plan(from_onnx, plan_options(fp16), overwrite=overwrite, echo=click.echo)
         return
     build_plans = tensorrt if tensorrt is not None else (fp16 and tensorrt_available())
@@ -71,6 +74,7 @@ def export_command(checkpoint, config_path, num_heads, fp16, out_dir, name, tens
         out_dir=out_dir,
         name=name,
         fp16=fp16,
+        int8=int8,
         config_path=config_path,
         overrides={"num_heads": num_heads},
         echo=click.echo,

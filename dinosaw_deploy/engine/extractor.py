@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -56,6 +57,7 @@ class FeatureExtractor:
             raise DinosawError("batch_size must be >= 1")
         self.intensity_range = intensity_range
         self.max_tokens = max_tokens
+        self._lock = threading.Lock()  # one engine call at a time: a TensorRT context is single-stream
         if isinstance(backend, Backend):
             if backend.model_path.resolve() != self.model_path.resolve():
                 raise DinosawError(f"the backend runs {backend.model_path}, not {self.model_path}")
@@ -101,7 +103,8 @@ class FeatureExtractor:
         """Normalised (B, 3, H, W) float32 -> features (B, C, H//14, W//14) float32, in batches.
 
         Trailing H % 14 rows and W % 14 columns are dropped first (what the stride-14 patch
-        embedding does anyway), so every backend sees whole patches.
+        embedding does anyway), so every backend sees whole patches. Thread-safe: calls from
+        several threads take turns on the backend (each call already uses every CPU core).
         """
         pixel_values = np.asarray(pixel_values)
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
@@ -117,7 +120,8 @@ class FeatureExtractor:
         out = np.empty((pixel_values.shape[0], self.embed_dim, h, w), dtype=np.float32)
         for start in range(0, pixel_values.shape[0], self.batch_size):
             chunk = pixel_values[start : start + self.batch_size]
-            out[start : start + len(chunk)] = self.backend.run(chunk, bias)
+            with self._lock:
+                out[start : start + len(chunk)] = self.backend.run(chunk, bias)
         return out
 
     def _check_tokens(self, h: int, w: int) -> None:
