@@ -4,15 +4,15 @@ Dynamic quantisation stores the weights of every MatMul as int8 (per tensor) and
 activation on the fly from its own range, so no calibration data is needed. It was chosen over
 static quantisation (activation ranges calibrated on generated micrographs, QDQ MatMuls, per-channel
 weights) by measurement on the full-size ViT-S/14 with random weights, 518-px tiles, 2 CPU threads
-(``python benchmarks/int8_methods.py``; shared machine, so the times are rough):
+(``python benchmarks/int8_methods.py``, two runs on a shared machine, so the times are rough):
 
 =====================  ================  ===============================================
                        time vs fp32 ORT  min per-token cosine vs PyTorch (random / flat /
                                          micrograph)
 =====================  ================  ===============================================
-dynamic, per tensor    0.56x             0.9994 / 0.9991 / 0.9979
-dynamic, per channel   0.71x             0.9995 / 0.9994 / 0.9985
-static (MinMax, QDQ)   0.94x             0.9961 / 0.9832 / 0.9903
+dynamic, per tensor    0.29x-0.56x       0.9994 / 0.9991 / 0.9979
+dynamic, per channel   0.46x-0.71x       0.9995 / 0.9994 / 0.9985
+static (MinMax, QDQ)   0.94x-0.97x       0.9961 / 0.9832 / 0.9903
 =====================  ================  ===============================================
 
 Static was both slower (ONNX Runtime's CPU kernels gain little from pre-computed activation scales
