@@ -11,7 +11,7 @@ large image never exists. Every tile is a pure function of (image region, fitted
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from dinosaw_deploy.segment.classifier import (
 )
 from dinosaw_deploy.segment.contrast import Clahe, ClaheConfig
 from dinosaw_deploy.segment.filters import Box, FilterBank, FilterBankConfig
-from dinosaw_deploy.segment.labels import LabelClass, Scribbles, scribbles_from_array
+from dinosaw_deploy.segment.labels import LabelClass, Scribbles, scribbles_from_array, subsample_many, unify_classes
 from dinosaw_deploy.segment.postprocess import CRF_HALO, dense_crf, modal_filter
 from dinosaw_deploy.segment.vit_channels import PcaFeatures
 from dinosaw_deploy.tiling.grid import tile_boxes
@@ -148,48 +148,78 @@ class Segmenter:
         return ArrayGrid(patch_features(image, self.extractor))
 
     # -- training -------------------------------------------------------------------------
-    def fit(self, image: np.ndarray, labels: np.ndarray | Scribbles) -> Segmenter:
-        """Train on an in-memory image and its scribbles (label array or :class:`Scribbles`)."""
-        image = np.asarray(image)
-        scribbles = labels if isinstance(labels, Scribbles) else scribbles_from_array(labels)
-        gray = self.gray_image(image)
-        if scribbles.shape != gray.shape:
-            raise DinosawError(f"labels are {scribbles.shape} but the image is {gray.shape}")
-        grid = None
-        if self.extractor is not None:
-            grid = ArrayGrid(patch_features(image, self.extractor))
-        return self.fit_source(gray, scribbles, grid)
+    def fit(self, image: np.ndarray | Sequence[np.ndarray],
+            labels: np.ndarray | Scribbles | Sequence[np.ndarray | Scribbles]) -> Segmenter:
+        """Train on in-memory image(s) and their scribbles (label arrays or :class:`Scribbles`): one
+        image and its labels, or lists of both (one classifier for all; see :meth:`fit_sources`)."""
+        images = [image] if isinstance(image, np.ndarray) else list(image)
+        labels = [labels] if isinstance(labels, (np.ndarray, Scribbles)) else list(labels)
+        if not images or len(images) != len(labels):
+            raise DinosawError(f"got {len(images)} images and {len(labels)} label images; pass one per image")
+        items = []
+        for array, lab in zip(images, labels):
+            array = np.asarray(array)
+            scribbles = lab if isinstance(lab, Scribbles) else scribbles_from_array(lab)
+            gray = self.gray_image(array)
+            if scribbles.shape != gray.shape:
+                raise DinosawError(f"labels are {scribbles.shape} but the image is {gray.shape}")
+            grid = ArrayGrid(patch_features(array, self.extractor)) if self.extractor is not None else None
+            items.append((gray, scribbles, grid))
+        return self.fit_sources(items)
 
     def fit_source(
         self, gray: GrayImage, scribbles: Scribbles, grid: PatchGrid | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> Segmenter:
         """Train from a lazy image (and its patch-feature grid when an extractor is set)."""
+        return self.fit_sources([(gray, scribbles, grid)], progress)
+
+    def fit_sources(
+        self, items: Sequence[tuple[GrayImage, Scribbles, PatchGrid | None]],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Segmenter:
+        """Train one classifier on several lazy images: (gray, scribbles, patch grid or None) each.
+
+        Each image keeps its own intensity rule (:meth:`gray_image`: dtype range or fitted range,
+        optional CLAHE fitted on that image); the classes are the sorted union of the label values
+        of all label files (:func:`unify_classes`); at most ``max_samples_per_class`` pixels per class
+        are drawn over all images together; the ViT PCA is fitted on tokens pooled from every grid."""
         xgboost = _xgboost()
-        if scribbles.shape != tuple(gray.shape):
-            raise DinosawError(f"labels are {scribbles.shape} but the image is {tuple(gray.shape)}")
-        self.label_classes = list(scribbles.label_classes)
+        if not items:
+            raise DinosawError("no training images")
+        for gray, scribbles, _ in items:
+            if scribbles.shape != tuple(gray.shape):
+                raise DinosawError(f"labels are {scribbles.shape} but the image is {tuple(gray.shape)}")
+        grays, grids = [g for g, _, _ in items], [grid for _, _, grid in items]
+        scribbles = unify_classes([s for _, s, _ in items])
+        self.label_classes = list(scribbles[0].label_classes)
         self.pca = None
         if self.extractor is not None:
-            if grid is None:
-                raise DinosawError("an extractor is set: pass the image's patch-feature grid")
+            if any(grid is None for grid in grids):
+                raise DinosawError("an extractor is set: pass each image's patch-feature grid")
             self.engine = {"model": self.extractor.manifest.get("model"),
                            "identity": engine_identity(self.extractor.manifest),
                            "patch_size": int(self.extractor.patch_size)}
-            self.pca = PcaFeatures.fit(grid, n_components=self.n_components, patch_size=self.extractor.patch_size,
+            self.pca = PcaFeatures.fit(grids, n_components=self.n_components, patch_size=self.extractor.patch_size,
                                        seed=self.classifier.seed)
-        per_class = min(self.max_samples_per_class, max(1, MAX_PIXEL_CLASS_PAIRS // scribbles.num_classes**2))
-        sample = scribbles.subsample(per_class, seed=self.classifier.seed)
-        x, y = self._gather(gray, grid, sample, progress)
-        counts = np.bincount(y, minlength=len(self.label_classes))
-        weights = (len(y) / (len(self.label_classes) * np.maximum(counts, 1)))[y].astype(np.float32)
+        k = len(self.label_classes)
+        per_class = min(self.max_samples_per_class, max(1, MAX_PIXEL_CLASS_PAIRS // k**2))
+        samples = subsample_many(scribbles, per_class, seed=self.classifier.seed)
+        gathered = [self._gather(gray, grid, sample, progress) for gray, grid, sample in zip(grays, grids, samples)]
+        x = np.concatenate([g[0] for g in gathered])
+        y = np.concatenate([g[1] for g in gathered])
+        counts = np.bincount(y, minlength=k)
+        if np.count_nonzero(counts) < 2:
+            raise DinosawError("only one class is labelled over all images; scribble at least two classes")
+        weights = (len(y) / (k * np.maximum(counts, 1)))[y].astype(np.float32)
         device = self._device()
-        params = self.classifier.xgb(len(self.label_classes), device, self.threads)
+        params = self.classifier.xgb(k, device, self.threads)
         matrix = xgboost.DMatrix(x, label=y, weight=weights, nthread=self.threads)
         self.booster = xgboost.train(params, matrix, num_boost_round=self.classifier.rounds)
         self.booster.set_param(PREDICT_PARAMS)
-        self.training = {"pixels_labelled": scribbles.counts().tolist(), "pixels_used": counts.tolist(),
-                         "device": device}
+        labelled = np.sum([s.counts() for s in scribbles], axis=0)
+        self.training = {"pixels_labelled": labelled.tolist(), "pixels_used": counts.tolist(), "device": device,
+                         "images": len(items)}
         return self
 
     def _device(self) -> str:
