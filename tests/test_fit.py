@@ -186,3 +186,40 @@ def test_fit_with_vit_engine_on_two_images(files, tiny_engine, tmp_path):
     code, text = run("apply", files / "b.tif", "--model", model, "-o", tmp_path / "b.ome.tif", "--engine", tiny_engine)
     assert code == 0, text
     assert tifffile.imread(tmp_path / "b.ome.tif").shape == (180, 150)
+
+
+def test_prior_estimate_moves_towards_the_class_frequencies():
+    from dinosaw_deploy.segment.classifier import apply_prior, estimate_prior
+
+    rng = np.random.default_rng(0)
+    truth = rng.random(50_000) < 0.1  # 10 % of class 2
+    x = rng.normal(np.where(truth, 3.0, 0.0), 1.0)
+    like = np.stack([np.exp(-0.5 * x**2), np.exp(-0.5 * (x - 3) ** 2)], axis=1)
+    equal = like / like.sum(axis=1, keepdims=True)  # a calibrated classifier trained on balanced classes
+    prior = estimate_prior(equal)
+    assert truth.mean() < prior[1] < 0.2 and abs(prior.sum() - 1) < 1e-9  # between the truth and 1/2
+    adjusted = apply_prior(equal.T, prior)
+    assert (adjusted.argmax(0) == truth).mean() > (equal.argmax(1) == truth).mean() + 0.01  # fewer false class 2
+    np.testing.assert_allclose(adjusted.sum(0), 1, atol=1e-6)
+
+
+def test_bundles_saved_before_issue_12_still_load(pair, tmp_path):
+    from dinosaw_deploy.segment.bundle import Bundle, load_bundle, save_bundle
+    from dinosaw_deploy.segment.filters import FilterBankConfig
+
+    (a, _, lab_a), _ = pair
+    old = FilterBankConfig(structure_scales=(), variance_sigmas=())
+    seg = Segmenter(filter_bank=old, estimate_prior=False, classifier=FAST, threads=2).fit(a, lab_a)
+    bundle = load_bundle(seg.save(tmp_path / "new.dsw"))
+    config = dict(bundle.config, filter_bank={k: v for k, v in bundle.config["filter_bank"].items()
+                                              if k not in ("structure_scales", "variance_sigmas")})
+    del config["class_prior"]
+    save_bundle(tmp_path / "old.dsw", Bundle(config, bundle.arrays, bundle.classifier))
+    loaded = Segmenter.load(tmp_path / "old.dsw")
+    assert loaded.bank.num_channels == 58 and loaded.class_prior is None
+    np.testing.assert_array_equal(loaded.predict(a), seg.predict(a))
+    new = Segmenter(classifier=FAST, threads=2).fit(a, lab_a)
+    again = Segmenter.load(new.save(tmp_path / "prior.dsw"))
+    np.testing.assert_allclose(again.class_prior, new.class_prior)
+    assert new.class_prior.shape == (3,) and abs(float(new.class_prior.sum()) - 1) < 1e-5
+    np.testing.assert_array_equal(again.predict(a), new.predict(a))

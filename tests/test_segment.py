@@ -98,7 +98,7 @@ def test_vit_segmenter_with_tiny_engine(data, tiny_engine, tmp_path):
     image, truth, labels = data
     fx = FeatureExtractor(tiny_engine)
     seg = Segmenter(extractor=fx, classifier=ClassifierParams(rounds=10), threads=2).fit(image, labels)
-    assert len(seg.channel_names) == 58 + 9 and seg.channel_names[-1] == "vit_pca8"
+    assert len(seg.channel_names) == seg.bank.num_channels + 9 and seg.channel_names[-1] == "vit_pca8"
     pred = seg.predict(image)
     assert balanced_accuracy(pred, truth) > 0.9
     path = seg.save(tmp_path / "vit.dsw")

@@ -7,6 +7,11 @@ gives the same files as an uninterrupted run. It is removed once the outputs are
 
 >>> segment_scan("scan.tif", "scribbles.png", "seg.ome.tif", extractor=fx, save_model="seg.dsw")
 >>> apply_scan("other.tif", "seg.dsw", "other.ome.tif", extractor=fx)
+>>> fit_scans([("a.tif", "a_labels.png"), ("b.tif", "b_labels.png")], "model.dsw", extractor=fx)
+>>> apply_scans(["c.tif", "d.tif"], "model.dsw", "out/", extractor=fx)   # out/c.ome.tif, out/d.ome.tif
+
+Each run prints the per-class pixel fractions of its result, and with ``ground_truth`` (a dense
+label file) the per-class IoU and mIoU, counted strip by strip.
 
 ``echo(message)`` receives progress lines, ``progress(done, total)`` the tile counts of each stage.
 """

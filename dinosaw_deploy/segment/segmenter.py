@@ -27,9 +27,12 @@ from dinosaw_deploy.segment.bundle import Bundle, load_bundle, save_bundle
 from dinosaw_deploy.segment.classifier import (
     MAX_PIXEL_CLASS_PAIRS,
     PREDICT_PARAMS,
+    PRIOR_PIXELS,
     ClassifierParams,
     _xgboost,
+    apply_prior,
     cuda_available,
+    estimate_prior,
 )
 from dinosaw_deploy.segment.contrast import Clahe, ClaheConfig
 from dinosaw_deploy.segment.filters import Box, FilterBank, FilterBankConfig
@@ -78,6 +81,9 @@ class Segmenter:
         max_samples_per_class: training pixels kept per class (random, seeded) at most; fewer
             with many classes, so that pixels x classes <= ``MAX_PIXEL_CLASS_PAIRS``.
         contrast: optional CLAHE before the filter bank (:mod:`dinosaw_deploy.segment.contrast`); None = off.
+        estimate_prior: estimate the class frequencies of the training images from the predictions
+            of unlabelled pixels (:func:`~dinosaw_deploy.segment.classifier.estimate_prior`) and weigh
+            every prediction with them; False = equal priors (as models saved before issue 12).
         threads: CPU threads (default: all cores).
         device: ``auto`` (CUDA when xgboost has it and a GPU is present), ``cpu`` or ``cuda``.
     """
@@ -92,6 +98,7 @@ class Segmenter:
         max_samples_per_class: int = 200_000,
         n_components: int = 9,
         contrast: ClaheConfig | None = None,
+        estimate_prior: bool = True,
         threads: int | None = None,
         device: str = "auto",
     ) -> None:
@@ -106,6 +113,8 @@ class Segmenter:
         self.max_samples_per_class = max_samples_per_class
         self.n_components = n_components
         self.contrast = contrast
+        self.estimate_prior = estimate_prior
+        self.class_prior: np.ndarray | None = None
         self.threads = threads or os.cpu_count() or 1
         self.device = device
         self.booster = None
@@ -205,7 +214,10 @@ class Segmenter:
         k = len(self.label_classes)
         per_class = min(self.max_samples_per_class, max(1, MAX_PIXEL_CLASS_PAIRS // k**2))
         samples = subsample_many(scribbles, per_class, seed=self.classifier.seed)
-        gathered = [self._gather(gray, grid, sample, progress) for gray, grid, sample in zip(grays, grids, samples)]
+        tiles = sum(len(self._tile_groups(gray, sample)) for gray, sample in zip(grays, samples))
+        per_tile = PRIOR_PIXELS // tiles if self.estimate_prior else 0
+        gathered = [self._gather(gray, grid, sample, progress, per_tile)
+                    for gray, grid, sample in zip(grays, grids, samples)]
         x = np.concatenate([g[0] for g in gathered])
         y = np.concatenate([g[1] for g in gathered])
         counts = np.bincount(y, minlength=k)
@@ -216,6 +228,10 @@ class Segmenter:
         params = self.classifier.xgb(k, device, self.threads)
         matrix = xgboost.DMatrix(x, label=y, weight=weights, nthread=self.threads)
         self.booster = xgboost.train(params, matrix, num_boost_round=self.classifier.rounds)
+        self.class_prior = None
+        if self.estimate_prior:  # still on all training threads
+            unlabelled = np.concatenate([g[2] for g in gathered])
+            self.class_prior = estimate_prior(self.booster.inplace_predict(unlabelled)).astype(np.float32)
         self.booster.set_param(PREDICT_PARAMS)
         labelled = np.sum([s.counts() for s in scribbles], axis=0)
         self.training = {"pixels_labelled": labelled.tolist(), "pixels_used": counts.tolist(), "device": device,
@@ -229,27 +245,39 @@ class Segmenter:
             raise DinosawError("device cuda requested but no CUDA GPU / CUDA-enabled xgboost is available")
         return self.device
 
-    def _gather(self, gray: GrayImage, grid: PatchGrid | None, sample: Scribbles,
-                progress: Callable[[int, int], None] | None) -> tuple[np.ndarray, np.ndarray]:
-        """Features at the sampled labelled pixels, one labelled tile (bounding box) at a time."""
+    def _tile_groups(self, gray: GrayImage, sample: Scribbles) -> list[np.ndarray]:
+        """Indices of ``sample``'s pixels grouped by prediction tile."""
         tiles_x = -(-gray.shape[1] // self.tile)
         key = (sample.ys // self.tile).astype(np.int64) * tiles_x + sample.xs // self.tile
         order = np.argsort(key, kind="stable")
         starts = np.flatnonzero(np.r_[True, np.diff(key[order]) != 0])
-        groups = np.split(order, starts[1:])
-        x = np.empty((len(order), len(self.channel_names)), dtype=np.float32)
+        return np.split(order, starts[1:]) if len(order) else []
 
-        def work(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _gather(self, gray: GrayImage, grid: PatchGrid | None, sample: Scribbles,
+                progress: Callable[[int, int], None] | None,
+                unlabelled: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Features at the sampled labelled pixels, one labelled tile (bounding box) at a time, and
+        of up to ``unlabelled`` random pixels of every such box (seeded by the box's position)."""
+        groups = self._tile_groups(gray, sample)
+        x = np.empty((len(sample.ys), len(self.channel_names)), dtype=np.float32)
+
+        def work(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             ys, xs = sample.ys[idx], sample.xs[idx]
             box = (int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1)
             feats = self.features(gray, box, grid)
-            return idx, feats[:, ys - box[0], xs - box[2]].T
+            c, h, w = feats.shape
+            rng = np.random.default_rng((self.classifier.seed, *box))
+            pick = rng.choice(h * w, min(unlabelled, h * w), replace=False)
+            return idx, feats[:, ys - box[0], xs - box[2]].T, feats.reshape(c, -1)[:, np.sort(pick)].T
 
-        for done, (idx, rows) in enumerate(map_ordered(work, groups, self.threads), start=1):
+        others = []
+        for done, (idx, rows, extra) in enumerate(map_ordered(work, groups, self.threads), start=1):
             x[idx] = rows
+            others.append(extra)
             if progress:
                 progress(done, len(groups))
-        return x, (sample.classes.astype(np.int64) - 1)
+        unlabelled_rows = np.concatenate(others) if others else np.empty((0, x.shape[1]), np.float32)
+        return x, (sample.classes.astype(np.int64) - 1), unlabelled_rows
 
     # -- prediction -----------------------------------------------------------------------
     def _check_fitted(self) -> None:
@@ -271,6 +299,8 @@ class Segmenter:
         c, h, w = feats.shape
         probs = self.booster.inplace_predict(feats.reshape(c, -1).T)
         probs = np.ascontiguousarray(np.asarray(probs, np.float32).T.reshape(-1, h, w))
+        if self.class_prior is not None:
+            probs = apply_prior(probs, self.class_prior)
         labels = (probs.argmax(axis=0) + 1).astype(np.uint8)
         if crf:
             labels = dense_crf(probs, gray[outer[0] : outer[1], outer[2] : outer[3]])
@@ -320,6 +350,7 @@ class Segmenter:
             "tile": self.tile,
             "max_samples_per_class": self.max_samples_per_class,
             "contrast": None if self.contrast is None else self.contrast.to_dict(),
+            "class_prior": None if self.class_prior is None else self.class_prior.tolist(),
             "vit": None if self.pca is None else {**self.engine, "n_components": self.pca.num_components},
             "training": self.training,
         }
@@ -345,6 +376,11 @@ class Segmenter:
                 **options,
             )
             seg.label_classes = [LabelClass.from_dict(c) for c in config["classes"]]
+            prior = config.get("class_prior")  # absent before issue 12: equal priors
+            seg.estimate_prior = prior is not None
+            seg.class_prior = None if prior is None else np.asarray(prior, np.float32)
+            if seg.class_prior is not None and seg.class_prior.shape != (len(seg.label_classes),):
+                raise ValueError("class_prior does not match the classes")
             seg.training = dict(config.get("training") or {})
         except (KeyError, TypeError, ValueError) as exc:
             raise DinosawError(f"{path}: incompatible model bundle ({type(exc).__name__}: {exc})") from None
