@@ -223,3 +223,18 @@ def test_bundles_saved_before_issue_12_still_load(pair, tmp_path):
     np.testing.assert_allclose(again.class_prior, new.class_prior)
     assert new.class_prior.shape == (3,) and abs(float(new.class_prior.sum()) - 1) < 1e-5
     np.testing.assert_array_equal(again.predict(a), new.predict(a))
+
+
+def test_fit_and_apply_mistakes_give_one_error_line(files, tmp_path):
+    pair = ["--pair", files / "a.tif", files / "a_labels.png"]
+    code, text = run("fit", *pair, "-o", tmp_path / "m.model", "--no-vit")
+    assert code == 1 and "must end in .dsw" in text and "Traceback" not in text
+    code, text = run("fit", "--pair", files / "a.tif", files / "missing.png", "-o", tmp_path / "m.dsw", "--no-vit")
+    assert code == 1 and "not found" in text
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "a.tif").write_bytes((files / "a.tif").read_bytes())
+    code, text = run("fit", *pair, "-o", tmp_path / "m.dsw", "--no-vit", "--rounds", "3")
+    assert code == 0, text
+    code, text = run("apply", files / "a.tif", tmp_path / "other" / "a.tif", "--model", tmp_path / "m.dsw",
+                     "-o", tmp_path / "out")
+    assert code == 1 and "share a name" in text and not list((tmp_path / "out").glob("*.ome.tif"))

@@ -75,7 +75,7 @@ class Segmenter:
 
     Args:
         extractor: a ``FeatureExtractor`` to add PCA-reduced ViT channels; None = classical only.
-        filter_bank: the classical filter-bank config (default: 58 channels).
+        filter_bank: the classical filter-bank config (default: 74 channels).
         classifier: XGBoost settings (default: hist, depth 8, 100 rounds, eta 0.3, seed 0).
         tile: prediction / feature tile size in px.
         max_samples_per_class: training pixels kept per class (random, seeded) at most; fewer
