@@ -65,7 +65,7 @@ def main() -> None:
         print(f"  {name:48s} mIoU {class_iou(pred, truth).mean():.4f}   ({time.perf_counter() - start:.1f} s)")
 
     classical = Segmenter().fit(image, scribbles)
-    report("classical (58 ch) + XGBoost", lambda: classical.predict(image))
+    report(f"classical ({classical.bank.num_channels} ch) + XGBoost", lambda: classical.predict(image))
     report("classical + XGBoost + modal filter r=2", lambda: classical.predict(image, modal=2))
     if importlib.util.find_spec("pydensecrf") is not None:
         report("classical + XGBoost + dense CRF (ISB settings)", lambda: classical.predict(image, crf=True))

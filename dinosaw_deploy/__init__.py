@@ -21,6 +21,8 @@ _LAZY = {
     "Segmenter": "dinosaw_deploy.segment.segmenter",
     "segment_scan": "dinosaw_deploy.segment.run",
     "apply_scan": "dinosaw_deploy.segment.run",
+    "fit_scans": "dinosaw_deploy.segment.run",
+    "apply_scans": "dinosaw_deploy.segment.run",
     "load_scribbles": "dinosaw_deploy.segment.labels",
     "open_image": "dinosaw_deploy.image.reader",
     "extract_tiled": "dinosaw_deploy.tiling.pipeline",

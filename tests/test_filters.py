@@ -23,9 +23,9 @@ def whole(gray) -> np.ndarray:
 
 def test_default_bank_has_isb_channels_without_sigma_truncation(whole, gray):
     bank = FilterBank()
-    assert whole.shape == (58, *gray.shape) and whole.dtype == np.float32
-    assert len(set(bank.names)) == 58
-    assert bank.halo >= 4 * 16 + 2
+    assert whole.shape == (74, *gray.shape) and whole.dtype == np.float32
+    assert len(set(bank.names)) == 74
+    assert bank.halo >= 4 * 32 + 2  # the local variance at σ 32 is the widest channel
     names = list(bank.names)
     raw, s1, s2 = (whole[names.index(f"gaussian_s{s}")] for s in (0, 1, 2))
     np.testing.assert_array_equal(raw, gray)
@@ -52,6 +52,26 @@ def test_scale_channels_match_scipy_and_numpy(whole, gray):
     np.testing.assert_allclose(dog, whole[names.index("gaussian_s1")] - whole[names.index("gaussian_s8")], atol=1e-6)
 
 
+def test_structure_tensor_and_variance_match_scipy(whole, gray):
+    names = list(FilterBank().names)
+    image = gray.astype(np.float64)
+    gy, gx = np.gradient(ndimage.gaussian_filter(image, 1, mode="reflect"))
+    for rho in (1, 4):
+        a, b, d = (ndimage.gaussian_filter(p, rho, mode="reflect") for p in (gy * gy, gy * gx, gx * gx))
+        root = np.sqrt((a - d) ** 2 + 4 * b * b)
+        # away from the border, where scipy mirrors the product gy * gx instead of the image
+        inner = (slice(4 * rho + 3, -4 * rho - 3),) * 2
+        np.testing.assert_allclose(whole[names.index(f"structure_l1_r{rho}")][inner], ((a + d + root) / 2)[inner],
+                                   atol=1e-6)
+        np.testing.assert_allclose(whole[names.index(f"structure_l2_r{rho}")][inner], ((a + d - root) / 2)[inner],
+                                   atol=1e-6)
+    for sigma in (1, 32):
+        mean = ndimage.gaussian_filter(image, sigma, mode="reflect")
+        variance = ndimage.gaussian_filter(image * image, sigma, mode="reflect") - mean * mean
+        np.testing.assert_allclose(whole[names.index(f"variance_s{sigma}")], variance, atol=2e-6)
+    assert (whole[names.index("variance_s4")] >= 0).all()
+
+
 def test_membrane_projections_match_brute_force(whole, gray):
     taps = membrane_taps(15, 30)
     assert len(taps) == 30 and all(len(t) == 15 for t in taps)
@@ -60,7 +80,8 @@ def test_membrane_projections_match_brute_force(whole, gray):
     h, w = gray.shape
     resp = np.stack([sum(padded[7 + dy : 7 + dy + h, 7 + dx : 7 + dx + w] for dy, dx in angle) for angle in taps])
     refs = [resp.mean(0), resp.max(0), resp.min(0), resp.sum(0), resp.std(0), np.median(resp, 0)]
-    for channel, ref in zip(whole[-6:], refs):
+    first = list(FilterBank().names).index("membrane_mean")
+    for channel, ref in zip(whole[first : first + 6], refs):
         np.testing.assert_allclose(channel, ref, atol=2e-4, rtol=1e-5)
 
 
@@ -81,17 +102,21 @@ def test_image_smaller_than_halo_and_padding():
     assert np.array_equal(mirror_indices(-3, 3, 2), [1, 1, 0, 0, 1, 1])
     np.testing.assert_array_equal(padded_region(tiny, (0, 9, 0, 13), 20), np.pad(tiny, 20, mode="symmetric"))
     feats = FilterBank()(tiny)
-    assert feats.shape == (58, 9, 13) and np.isfinite(feats).all()
+    assert feats.shape == (74, 9, 13) and np.isfinite(feats).all()
     np.testing.assert_allclose(FilterBank().region(tiny, (2, 7, 5, 13)), feats[:, 2:7, 5:13], atol=1e-5)
 
 
 def test_config_roundtrip_and_validation():
-    config = FilterBankConfig(sigmas=(0, 2, 1), membrane_angles=12)
-    assert config.sigmas == (0.0, 1.0, 2.0)
+    config = FilterBankConfig(sigmas=(0, 2, 1), membrane_angles=12, structure_scales=(), variance_sigmas=(4, 1))
+    assert config.sigmas == (0.0, 1.0, 2.0) and config.variance_sigmas == (1.0, 4.0)
     assert FilterBankConfig.from_dict(config.to_dict()) == config
     bank = FilterBank(config)
-    assert bank.num_channels == 3 * 7 + 1 + 6 and bank.halo == 8 + 2  # radius int(4σ + 0.5) + derivatives
-    for bad in ({"sigmas": (1, 1)}, {"sigmas": (-1,)}, {"membrane_length": 4}):
+    assert bank.num_channels == 3 * 7 + 1 + 6 + 2 and bank.halo == 16 + 2  # radius int(4σ + 0.5) + derivatives
+    assert FilterBank(FilterBankConfig(sigmas=(0, 1), structure_scales=(8,), variance_sigmas=())).halo == 32 + 1 + 4
+    old = {"sigmas": [0, 1, 2, 4, 8, 16], "truncate": 4.0, "membrane_length": 15, "membrane_angles": 30}
+    assert FilterBank(FilterBankConfig.from_dict(old)).num_channels == 58  # bundles saved before issue 12
+    for bad in ({"sigmas": (1, 1)}, {"sigmas": (-1,)}, {"membrane_length": 4}, {"structure_scales": (0,)},
+                {"variance_sigmas": (2, 2)}):
         with pytest.raises(DinosawError):
             FilterBankConfig(**bad)
     with pytest.raises(DinosawError):

@@ -98,7 +98,7 @@ def test_vit_segmenter_with_tiny_engine(data, tiny_engine, tmp_path):
     image, truth, labels = data
     fx = FeatureExtractor(tiny_engine)
     seg = Segmenter(extractor=fx, classifier=ClassifierParams(rounds=10), threads=2).fit(image, labels)
-    assert len(seg.channel_names) == 58 + 9 and seg.channel_names[-1] == "vit_pca8"
+    assert len(seg.channel_names) == seg.bank.num_channels + 9 and seg.channel_names[-1] == "vit_pca8"
     pred = seg.predict(image)
     assert balanced_accuracy(pred, truth) > 0.9
     path = seg.save(tmp_path / "vit.dsw")
@@ -195,17 +195,17 @@ def test_dense_crf_cleans_isolated_noise_or_says_which_extra():
 
 def test_many_classes_shrink_the_training_sample(monkeypatch):
     """A dense label image with many classes keeps pixels x classes bounded (XGBoost's gradients)."""
-    from dinosaw_deploy.segment import labels, segmenter
+    from dinosaw_deploy.segment import segmenter
 
     monkeypatch.setattr(segmenter, "MAX_PIXEL_CLASS_PAIRS", 20 * 20 * 30)
     kept = []
-    original = labels.Scribbles.subsample
+    original = segmenter.subsample_many
 
-    def recording(self, max_per_class, seed=0):
+    def recording(scribbles, max_per_class, seed=0):
         kept.append(max_per_class)
-        return original(self, max_per_class, seed)
+        return original(scribbles, max_per_class, seed)
 
-    monkeypatch.setattr(labels.Scribbles, "subsample", recording)
+    monkeypatch.setattr(segmenter, "subsample_many", recording)
     dense = (np.arange(64 * 64).reshape(64, 64) % 20 + 1).astype(np.uint8)  # 20 classes, every pixel labelled
     image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
     Segmenter(classifier=ClassifierParams(rounds=1), tile=64, threads=1).fit(image, dense)

@@ -8,6 +8,7 @@ import tifffile
 from click.testing import CliRunner
 
 from dinosaw_deploy.cli import main
+from dinosaw_deploy.segment.filters import FilterBank
 from dinosaw_deploy.segment.segmenter import Segmenter
 from dinosaw_deploy.synthetic import synthetic_micrograph, synthetic_scribbles
 
@@ -140,7 +141,7 @@ def test_segment_and_apply_with_vit_engine(inputs, tiny_engine, tmp_path):
     code, text = run("segment", root / "scan.tif", "--labels", root / "scribbles.png", "-o", out, "--engine",
                      tiny_engine, "--save-model", model, "--rounds", "5", "--threads", "2")
     assert code == 0, text
-    assert "(67 features)" in text and not out.with_name("vit.ome.tif.work").exists()
+    assert f"({FilterBank().num_channels + 9} features)" in text and not out.with_name("vit.ome.tif.work").exists()
     code, text = run("apply", root / "scan.tif", "--model", model, "-o", tmp_path / "a.ome.tif")
     assert code == 1 and "pass --engine" in text
     code, text = run("apply", root / "scan.tif", "--model", model, "-o", tmp_path / "a.ome.tif", "--engine",

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from dinosaw_deploy.engine.backends import BACKENDS
+from dinosaw_deploy.errors import DinosawError
 
 DEFAULT_ENGINE = Path("engines") / "alibi_dv2_vits14.onnx"
 
@@ -16,3 +17,21 @@ backend_option = click.option(
     show_default=True,
     help="Inference backend (auto: TensorRT plan, else ONNX Runtime TensorRT > CUDA > CPU, whichever exist).",
 )
+
+
+def open_engine(engine: Path | None, no_vit: bool, backend: str, required: bool = False):
+    """The FeatureExtractor for segment/fit/apply, or None for classical features only (with a notice when
+    the default engine is missing and not ``required``)."""
+    from dinosaw_deploy.engine.extractor import FeatureExtractor
+
+    if no_vit:
+        return None
+    if engine is None:
+        if not DEFAULT_ENGINE.is_file():
+            if required:
+                raise DinosawError(f"this model uses ViT features: pass --engine (no engine at {DEFAULT_ENGINE})")
+            click.echo(f"notice: no engine at {DEFAULT_ENGINE}, so classical features only. For ViT features, "
+                       "run `dinosaw-deploy export` (or pass --engine X.onnx); --no-vit silences this.")
+            return None
+        engine = DEFAULT_ENGINE
+    return FeatureExtractor(engine, backend=backend)

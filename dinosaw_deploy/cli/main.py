@@ -11,6 +11,7 @@ import click
 from dinosaw_deploy._version import __version__
 from dinosaw_deploy.cli.export import export_command, info_command
 from dinosaw_deploy.cli.features import features_command
+from dinosaw_deploy.cli.fit import fit_command
 from dinosaw_deploy.cli.probe import probe_command
 from dinosaw_deploy.cli.segment import apply_command, segment_command
 from dinosaw_deploy.cli.train import train_command
@@ -103,8 +104,8 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-for command in (export_command, info_command, features_command, segment_command, apply_command, probe_command,
-                train_command):
+for command in (export_command, info_command, features_command, segment_command, fit_command, apply_command,
+                probe_command, train_command):
     main.add_command(command)
 
 if __name__ == "__main__":

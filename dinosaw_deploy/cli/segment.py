@@ -6,26 +6,9 @@ from pathlib import Path
 
 import click
 
-from dinosaw_deploy.cli._options import DEFAULT_ENGINE, backend_option
+from dinosaw_deploy.cli._options import backend_option, open_engine
 from dinosaw_deploy.cli._progress import TileProgress
 from dinosaw_deploy.errors import DinosawError
-
-
-def _engine(engine: Path | None, no_vit: bool, backend: str, required: bool = False):
-    """The FeatureExtractor to use, or None for classical features only."""
-    from dinosaw_deploy.engine.extractor import FeatureExtractor
-
-    if no_vit:
-        return None
-    if engine is None:
-        if not DEFAULT_ENGINE.is_file():
-            if required:
-                raise DinosawError(f"this model uses ViT features: pass --engine (no engine at {DEFAULT_ENGINE})")
-            click.echo(f"notice: no engine at {DEFAULT_ENGINE}, so classical features only. For ViT features, "
-                       "run `dinosaw-deploy export` (or pass --engine X.onnx); --no-vit silences this.")
-            return None
-        engine = DEFAULT_ENGINE
-    return FeatureExtractor(engine, backend=backend)
 
 
 @click.command("segment")
@@ -48,49 +31,57 @@ def _engine(engine: Path | None, no_vit: bool, backend: str, required: bool = Fa
               help="XGBoost training device.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads [all cores].")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("--ground-truth", type=click.Path(path_type=Path), default=None,
+              help="Dense label file (the scribbles' conventions): print mIoU and per-class IoU.")
 @backend_option
 def segment_command(image: Path, labels_path: Path, output: Path, engine: Path | None, no_vit: bool,
                     save_model: Path | None, probabilities: bool, modal: int, crf: bool, contrast: str, rounds: int,
-                    max_depth: int, device: str, threads: int | None, overwrite: bool, backend: str) -> None:
+                    max_depth: int, device: str, threads: int | None, overwrite: bool, ground_truth: Path | None,
+                    backend: str) -> None:
     """Train on the scribbled pixels of IMAGE and segment all of it into a pyramidal OME-TIFF."""
     from dinosaw_deploy.segment.classifier import ClassifierParams
     from dinosaw_deploy.segment.run import segment_scan
 
     if engine is not None and no_vit:
         raise DinosawError("--engine and --no-vit contradict each other; pass one")
-    for path in (image, labels_path):  # before the engine, whose notice would bury this error
+    for path in (image, labels_path, *([ground_truth] if ground_truth else [])):  # before the engine's notice
         if not path.is_file():
             raise DinosawError(f"not found: {path}")
     with TileProgress() as progress:
-        segment_scan(image, labels_path, output, extractor=_engine(engine, no_vit, backend), save_model=save_model,
+        segment_scan(image, labels_path, output, extractor=open_engine(engine, no_vit, backend), save_model=save_model,
                      probabilities=probabilities, modal=modal, crf=crf, contrast=contrast,
                      classifier=ClassifierParams(rounds=rounds, max_depth=max_depth), device=device,
-                     threads=threads, overwrite=overwrite, echo=click.echo, progress=progress)
+                     threads=threads, overwrite=overwrite, ground_truth=ground_truth, echo=click.echo,
+                     progress=progress)
 
 
 @click.command("apply")
-@click.argument("image", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--model", "model_path", type=click.Path(path_type=Path), required=True, help="Trained model (.dsw).")
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Label image (.ome.tif).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Label image (.ome.tif) for one image; a folder (gets <name>.ome.tif per image) for several.")
 @click.option("--engine", type=click.Path(path_type=Path), default=None,
               help="The engine the model was trained with (ViT models) [engines/alibi_dv2_vits14.onnx].")
 @click.option("--probabilities", is_flag=True, help="Also write per-class probabilities (*.probabilities.ome.tif).")
 @click.option("--modal", type=click.IntRange(0, 256), default=0, help="Majority filter radius in px (0 = off).")
 @click.option("--crf", is_flag=True, help="Dense-CRF post-processing per tile (needs the 'crf' extra).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads [all cores].")
-@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs (else finished images are skipped).")
+@click.option("--ground-truth", "ground_truths", multiple=True, type=click.Path(path_type=Path),
+              help="Dense label file per image, in the images' order: print mIoU and per-class IoU.")
 @backend_option
-def apply_command(image: Path, model_path: Path, output: Path, engine: Path | None, probabilities: bool,
-                  modal: int, crf: bool, threads: int | None, overwrite: bool, backend: str) -> None:
-    """Segment IMAGE with a model saved by `segment --save-model`."""
+def apply_command(images: tuple[Path, ...], model_path: Path, output: Path, engine: Path | None, probabilities: bool,
+                  modal: int, crf: bool, threads: int | None, overwrite: bool, ground_truths: tuple[Path, ...],
+                  backend: str) -> None:
+    """Segment one or more IMAGES with a model saved by `fit` or `segment --save-model`."""
     from dinosaw_deploy.segment.bundle import load_bundle
-    from dinosaw_deploy.segment.run import apply_scan
+    from dinosaw_deploy.segment.run import apply_scans
 
-    for path in (image, model_path):
+    for path in (*images, model_path, *ground_truths):
         if not path.is_file():
             raise DinosawError(f"not found: {path}")
     uses_vit = load_bundle(model_path).config.get("vit") is not None
     with TileProgress() as progress:
-        apply_scan(image, model_path, output, extractor=_engine(engine, not uses_vit, backend, required=True),
-                   probabilities=probabilities, modal=modal, crf=crf, threads=threads, overwrite=overwrite,
-                   echo=click.echo, progress=progress)
+        apply_scans(images, model_path, output, ground_truths=ground_truths, overwrite=overwrite, echo=click.echo,
+                    extractor=open_engine(engine, not uses_vit, backend, required=True), probabilities=probabilities,
+                    modal=modal, crf=crf, threads=threads, progress=progress)

@@ -90,7 +90,7 @@ def check_config(config: dict[str, Any], source: str) -> None:
 
 def _check_config(config: dict[str, Any]) -> None:
     _dict(config, "", {"filter_bank", "classes", "classifier", "channels", "max_samples_per_class", "vit"},
-          {"dinosaw_deploy_version", "tile", "contrast", "training"})
+          {"dinosaw_deploy_version", "tile", "contrast", "training", "class_prior"})
     _str(config.get("dinosaw_deploy_version", ""), "dinosaw_deploy_version")
     _filter_bank(config["filter_bank"])
     classes = _list(config["classes"], "classes", 2, MAX_CLASSES)
@@ -104,6 +104,10 @@ def _check_config(config: dict[str, Any]) -> None:
             _int(c, f"{path}.colour[{j}]", 0, 255)
         for j, v in enumerate(_list(entry["source_value"], f"{path}.source_value", 1, 4)):
             _int(v, f"{path}.source_value[{j}]", 0, 2**63 - 1)
+    prior = config.get("class_prior")
+    if prior is not None:
+        for i, v in enumerate(_list(prior, "class_prior", len(classes), len(classes))):
+            _float(v, f"class_prior[{i}]", 0.0, 1.0, lo_open=True)
     fields = {f.name for f in dataclasses.fields(ClassifierParams)}
     classifier = _dict(config["classifier"], "classifier", fields)
     _int(classifier["max_depth"], "classifier.max_depth", 1, MAX_DEPTH)
@@ -142,10 +146,9 @@ def _filter_bank(bank: Any) -> None:
     _float(bank["truncate"], "filter_bank.truncate", 0.0, MAX_TRUNCATE, lo_open=True)
     _int(bank["membrane_length"], "filter_bank.membrane_length", 1, MAX_MEMBRANE_LENGTH)
     _int(bank["membrane_angles"], "filter_bank.membrane_angles", 1, MAX_MEMBRANE_ANGLES)
-    for key in sorted(set(bank) - {"sigmas", "truncate", "membrane_length", "membrane_angles"}):
-        value = bank[key]  # fields added later: plain scalars only, FilterBankConfig checks their values
-        if not isinstance(value, (int, float, str, bool)) or isinstance(value, float) and not math.isfinite(value):
-            raise _Bad(f"filter_bank.{key} must be a finite number, string or boolean, got {_show(value)}")
+    for key in ("structure_scales", "variance_sigmas"):  # absent in bundles from before issue 12
+        for i, s in enumerate(_list(bank.get(key, []), f"filter_bank.{key}", 0, MAX_SIGMAS)):
+            _float(s, f"filter_bank.{key}[{i}]", 0.0, MAX_SIGMA, lo_open=True)
 
 
 def check_arrays(arrays: dict[str, np.ndarray], config: dict[str, Any], source: str) -> None:

@@ -1,4 +1,4 @@
-"""The pixel classifier: XGBoost settings, import and device choice."""
+"""The pixel classifier: XGBoost settings, import and device choice, class-prior estimation."""
 from __future__ import annotations
 
 import ctypes
@@ -6,11 +6,15 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 # Prediction runs one tile per worker thread, so each call uses one core (no OpenMP oversubscription).
 PREDICT_PARAMS = {"device": "cpu", "nthread": 1}
 # XGBoost keeps a gradient pair per training pixel and class: bound pixels x classes so a dense
 # many-class label image cannot exhaust memory (3 classes keep the 200k-per-class default).
 MAX_PIXEL_CLASS_PAIRS = 20_000_000
+# Unlabelled pixels (over all training tiles) whose predictions estimate the class priors.
+PRIOR_PIXELS = 131_072
 
 
 @dataclass
@@ -50,3 +54,24 @@ def cuda_available() -> bool:
         return False
     count = ctypes.c_int(0)
     return cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
+
+
+def estimate_prior(probabilities: np.ndarray) -> np.ndarray:
+    """Class frequencies of unlabelled pixels from a classifier trained with equal class weights:
+    the mean predicted probability, (N, K) -> (K,) summing to 1.
+
+    Scribbles label classes about equally, so a classifier trained on them assumes equal priors and
+    over-predicts rare classes (thin cracks, pores); multiplying its probabilities by this prior
+    (:func:`apply_prior`) corrects most of that. This is the first step of the EM of Saerens,
+    Latinne & Decaestecker (2002, "Adjusting the outputs of a classifier to new a priori
+    probabilities"); iterating to EM's fixed point gained 0.003 mIoU more on real SEM images but,
+    with the soft probabilities of an under-trained model (10 rounds), drove a 0.6 % class to 0."""
+    prior = np.asarray(probabilities, np.float64).mean(axis=0)
+    return prior / prior.sum()
+
+
+def apply_prior(probabilities: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """(K, ...) probabilities under equal priors -> under ``prior`` (renormalised per pixel), float32."""
+    shape = (-1,) + (1,) * (probabilities.ndim - 1)
+    adjusted = probabilities * np.asarray(prior, np.float32).reshape(shape)
+    return (adjusted / np.maximum(adjusted.sum(axis=0, keepdims=True), 1e-30)).astype(np.float32)

@@ -1,12 +1,18 @@
 """Classical filter bank for trainable segmentation (Trainable Weka Segmentation style).
 
-Channels of a grayscale float image (58 with the default config), in this order:
+Channels of a grayscale float image (74 with the default config), in this order:
 
 * for every σ in ``sigmas`` (σ = 0 is the raw image): Gaussian blur, gradient magnitude (Sobel),
   Hessian eigenvalues (larger, smaller), modulus ``sqrt(a² + b² + d²)``, trace, determinant — 7 each;
 * difference of Gaussians ``G(σi) - G(σj)`` for every pair σi < σj of the non-zero σ — 10;
 * membrane projections: line kernels of ``membrane_length`` px through the centre at
-  ``membrane_angles`` angles over 180°, reduced over angle to mean, max, min, sum, std, median — 6.
+  ``membrane_angles`` angles over 180°, reduced over angle to mean, max, min, sum, std, median — 6;
+* structure-tensor eigenvalues (larger, smaller) for every ρ in ``structure_scales``: the tensor of the
+  gradient of the σ = 1 blur (central differences), each product smoothed by a Gaussian of σ = ρ — 10;
+* local variance ``G(σ)(I²) - G(σ)(I)²`` for every σ in ``variance_sigmas`` — 6.
+
+The last two groups (74 channels in all) are absent from bundles saved before they existed: their
+config keys default to empty there, so old models keep their 58 channels.
 
 Gaussians use the exact σ (no ``int(0.4 σ)`` truncation as in ISB's default), kernels cut at
 ``truncate`` σ like :func:`scipy.ndimage.gaussian_filter`, applied by FFT over a padded tile.
@@ -30,6 +36,7 @@ MEMBRANE_STATS = ("mean", "max", "min", "sum", "std", "median")
 SCALE_FEATURES = ("gaussian", "gradient", "hessian_eig1", "hessian_eig2", "hessian_mod", "hessian_trace",
                   "hessian_det")
 DERIVATIVE_MARGIN = 2  # px beyond a blurred tile needed by the Sobel / Hessian differences
+STRUCTURE_SIGMA = 1.0  # the blur whose gradient makes the structure tensor
 SORT_BLOCK = 16384  # pixels per block when sorting the membrane responses for the median
 
 
@@ -49,11 +56,18 @@ class FilterBankConfig:
     truncate: float = 4.0
     membrane_length: int = 15
     membrane_angles: int = 30
+    structure_scales: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
+    variance_sigmas: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
     def __post_init__(self) -> None:
         sigmas = tuple(float(s) for s in self.sigmas)
         if not sigmas or any(s < 0 for s in sigmas) or len(set(sigmas)) != len(sigmas):
             raise DinosawError(f"filter sigmas must be distinct and >= 0, got {self.sigmas}")
+        for name in ("structure_scales", "variance_sigmas"):
+            values = tuple(float(v) for v in getattr(self, name))
+            if any(v <= 0 for v in values) or len(set(values)) != len(values):
+                raise DinosawError(f"filter {name} must be distinct and > 0, got {getattr(self, name)}")
+            object.__setattr__(self, name, tuple(sorted(values)))
         if self.truncate <= 0:
             raise DinosawError(f"filter truncate must be > 0, got {self.truncate}")
         if self.membrane_length < 1 or self.membrane_length % 2 == 0 or self.membrane_angles < 1:
@@ -61,7 +75,8 @@ class FilterBankConfig:
         object.__setattr__(self, "sigmas", tuple(sorted(sigmas)))
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "sigmas": list(self.sigmas)}
+        return {**asdict(self), "sigmas": list(self.sigmas), "structure_scales": list(self.structure_scales),
+                "variance_sigmas": list(self.variance_sigmas)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FilterBankConfig:
@@ -71,6 +86,8 @@ class FilterBankConfig:
                 truncate=float(data["truncate"]),
                 membrane_length=int(data["membrane_length"]),
                 membrane_angles=int(data["membrane_angles"]),
+                structure_scales=tuple(data.get("structure_scales", ())),  # absent before issue 12
+                variance_sigmas=tuple(data.get("variance_sigmas", ())),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DinosawError(f"invalid filter-bank config {data!r}: {exc}") from None
@@ -88,7 +105,7 @@ def _gaussian_kernel(sigma: float, truncate: float) -> np.ndarray:
     return kernel / kernel.sum()
 
 
-@lru_cache(maxsize=20)  # 4 tile shapes x 5 σ; each entry is ~1.7 MB for a 512-px tile
+@lru_cache(maxsize=32)  # 4 tile shapes x 7 σ (and ρ); each entry is ~2.4 MB for a 512-px tile
 def _transfer(sigma: float, truncate: float, shape: tuple[int, int]) -> np.ndarray:
     """rfft2 of the separable truncated Gaussian, centred at (0, 0), for circular convolution."""
     import scipy.fft
@@ -148,7 +165,7 @@ class FilterBank:
     """Computes the classical feature stack; see the module docstring for the channels.
 
     >>> bank = FilterBank()
-    >>> feats = bank(gray)                      # (58, H, W) float32, whole image
+    >>> feats = bank(gray)                      # (74, H, W) float32, whole image
     >>> tile = bank.region(gray, (0, 512, 0, 512))  # same values as feats[:, :512, :512]
     """
 
@@ -156,12 +173,18 @@ class FilterBank:
         self.config = config or FilterBankConfig()
         cfg = self.config
         self.blur_sigmas = tuple(s for s in cfg.sigmas if s > 0)
-        largest = gaussian_radius(max(cfg.sigmas), cfg.truncate) if self.blur_sigmas else 0
-        self.halo = max(largest + DERIVATIVE_MARGIN, cfg.membrane_length // 2)
+        largest = max((gaussian_radius(s, cfg.truncate) for s in self.blur_sigmas + cfg.variance_sigmas), default=0)
+        structure = 0
+        if cfg.structure_scales:  # smoothing radius + 1 px central difference + the gradient's blur
+            structure = (gaussian_radius(max(cfg.structure_scales), cfg.truncate) + 1
+                         + gaussian_radius(STRUCTURE_SIGMA, cfg.truncate))
+        self.halo = max(largest + DERIVATIVE_MARGIN, cfg.membrane_length // 2, structure)
         self.names = tuple(
             [f"{feature}_s{sigma:g}" for sigma in cfg.sigmas for feature in SCALE_FEATURES]
             + [f"dog_s{a:g}_s{b:g}" for a, b in combinations(self.blur_sigmas, 2)]
             + [f"membrane_{stat}" for stat in MEMBRANE_STATS]
+            + [f"structure_{e}_r{rho:g}" for rho in cfg.structure_scales for e in ("l1", "l2")]
+            + [f"variance_s{sigma:g}" for sigma in cfg.variance_sigmas]
         )
 
     @property
@@ -192,7 +215,7 @@ class FilterBank:
         m = DERIVATIVE_MARGIN
         inner = (slice(halo - m, halo + h + m), slice(halo - m, halo + w + m))
         spectrum = None
-        if self.blur_sigmas:
+        if self.blur_sigmas or cfg.structure_scales or cfg.variance_sigmas:
             fast = (scipy.fft.next_fast_len(padded.shape[0]), scipy.fft.next_fast_len(padded.shape[1], real=True))
             spectrum = scipy.fft.rfft2(padded, s=fast)
         blurred: dict[float, np.ndarray] = {}
@@ -210,8 +233,41 @@ class FilterBank:
             channel += 1
         r = cfg.membrane_length // 2
         raw = padded[halo - r : halo + h + r, halo - r : halo + w + r]
-        _membrane(raw, membrane_taps(cfg.membrane_length, cfg.membrane_angles), out[channel:])
+        _membrane(raw, membrane_taps(cfg.membrane_length, cfg.membrane_angles), out[channel : channel + 6])
+        channel += len(MEMBRANE_STATS)
+        interior = (slice(halo, halo + h), slice(halo, halo + w))
+        if cfg.structure_scales:
+            self._structure(padded, spectrum, fast, out[channel : channel + 2 * len(cfg.structure_scales)])
+            channel += 2 * len(cfg.structure_scales)
+        if cfg.variance_sigmas:
+            squares = scipy.fft.rfft2(padded * padded, s=fast)
+            for sigma in cfg.variance_sigmas:
+                mean = blurred.get(sigma)
+                if mean is None:
+                    mean = scipy.fft.irfft2(spectrum * _transfer(sigma, cfg.truncate, fast), s=fast)[interior]
+                square = scipy.fft.irfft2(squares * _transfer(sigma, cfg.truncate, fast), s=fast)[interior]
+                np.maximum(square - mean * mean, 0, out=out[channel])
+                channel += 1
         return out
+
+    def _structure(self, padded: np.ndarray, spectrum: np.ndarray, fast: tuple[int, int], out: np.ndarray) -> None:
+        """Structure-tensor eigenvalues (larger, smaller) per ρ into ``out`` (2 per ρ, interior only)."""
+        import scipy.fft
+
+        halo, cfg = self.halo, self.config
+        h, w = out.shape[1:]
+        smooth = scipy.fft.irfft2(spectrum * _transfer(STRUCTURE_SIGMA, cfg.truncate, fast), s=fast)
+        smooth = smooth[: padded.shape[0], : padded.shape[1]]
+        gy = (smooth[2:, 1:-1] - smooth[:-2, 1:-1]) / 2  # padded pixel (i+1, j+1) at (i, j)
+        gx = (smooth[1:-1, 2:] - smooth[1:-1, :-2]) / 2
+        products = [scipy.fft.rfft2(p, s=fast) for p in (gy * gy, gy * gx, gx * gx)]
+        interior = (slice(halo - 1, halo - 1 + h), slice(halo - 1, halo - 1 + w))
+        for i, rho in enumerate(cfg.structure_scales):
+            transfer = _transfer(rho, cfg.truncate, fast)
+            a, b, d = (scipy.fft.irfft2(p * transfer, s=fast)[interior] for p in products)
+            trace, root = a + d, np.sqrt((a - d) ** 2 + 4 * b * b)
+            np.multiply(trace + root, 0.5, out=out[2 * i])
+            np.multiply(trace - root, 0.5, out=out[2 * i + 1])
 
 
 def _scale_features(smooth: np.ndarray, out: np.ndarray) -> None:

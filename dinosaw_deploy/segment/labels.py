@@ -13,6 +13,7 @@ scribble TIFF never sits in memory whole.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,19 +78,48 @@ class Scribbles:
 
     def subsample(self, max_per_class: int, seed: int = 0) -> Scribbles:
         """At most ``max_per_class`` random pixels of each class (all of a smaller class)."""
-        rng = np.random.default_rng(seed)
-        keep = []
-        for k in range(1, self.num_classes + 1):
-            idx = np.flatnonzero(self.classes == k)
-            keep.append(idx if len(idx) <= max_per_class else rng.choice(idx, max_per_class, replace=False))
-        order = np.sort(np.concatenate(keep))
-        return Scribbles(self.shape, self.ys[order], self.xs[order], self.classes[order], self.label_classes)
+        return subsample_many([self], max_per_class, seed)[0]
 
     def to_image(self) -> np.ndarray:
         """The dense (H, W) uint8 class image (0 = unlabelled); for small images and tests."""
         dense = np.zeros(self.shape, np.uint8)
         dense[self.ys, self.xs] = self.classes
         return dense
+
+
+def subsample_many(scribbles: Sequence[Scribbles], max_per_class: int, seed: int = 0) -> list[Scribbles]:
+    """At most ``max_per_class`` random pixels of each class over all images together (all of a
+    smaller class); the scribbles must share their classes (:func:`unify_classes`)."""
+    rng = np.random.default_rng(seed)
+    classes = np.concatenate([s.classes for s in scribbles])
+    keep = []
+    for k in range(1, scribbles[0].num_classes + 1):
+        idx = np.flatnonzero(classes == k)
+        keep.append(idx if len(idx) <= max_per_class else rng.choice(idx, max_per_class, replace=False))
+    order = np.sort(np.concatenate(keep))
+    bounds = np.cumsum([0] + [len(s.classes) for s in scribbles])
+    out = []
+    for s, start, stop in zip(scribbles, bounds[:-1], bounds[1:]):
+        mine = order[(order >= start) & (order < stop)] - start
+        out.append(Scribbles(s.shape, s.ys[mine], s.xs[mine], s.classes[mine], s.label_classes))
+    return out
+
+
+def unify_classes(scribbles: Sequence[Scribbles]) -> list[Scribbles]:
+    """The scribbles of several images with one class list: the sorted union of their label values
+    (an image may lack some classes). Grey-level and colour label files cannot be mixed."""
+    if len({len(c.source_value) for s in scribbles for c in s.label_classes}) > 1:
+        raise DinosawError("the label files mix grey-level and colour labels; use one convention for all images")
+    values = sorted({c.source_value for s in scribbles for c in s.label_classes})
+    if len(values) > MAX_CLASSES:
+        raise DinosawError(f"{len(values)} distinct label values over all images; at most {MAX_CLASSES} classes")
+    merged = [LabelClass(i, f"class {i}", PALETTE[(i - 1) % len(PALETTE)], v) for i, v in enumerate(values, start=1)]
+    out = []
+    for s in scribbles:
+        remap = np.zeros(s.num_classes + 1, np.uint8)
+        remap[1:] = [values.index(c.source_value) + 1 for c in s.label_classes]
+        out.append(Scribbles(s.shape, s.ys, s.xs, remap[s.classes], merged))
+    return out
 
 
 def scribbles_from_array(labels: np.ndarray, shape: tuple[int, int] | None = None) -> Scribbles:
@@ -179,11 +209,59 @@ def _build(strips, label_shape: tuple[int, int], shape: tuple[int, int] | None, 
     )
 
 
+def confusion_matrix(prediction: np.ndarray, truth: np.ndarray, size: int) -> np.ndarray:
+    """(size, size) pixel counts: rows = true class, columns = predicted class (values 0..size-1);
+    add the matrices of tiles to score an image that never sits in memory whole."""
+    prediction, truth = np.asarray(prediction), np.asarray(truth)
+    if prediction.shape != truth.shape:
+        raise DinosawError(f"prediction {prediction.shape} and ground truth {truth.shape} differ in shape")
+    flat = truth.astype(np.int64).ravel() * size + prediction.astype(np.int64).ravel()
+    return np.bincount(flat, minlength=size * size).reshape(size, size)
+
+
+def iou_from_confusion(confusion: np.ndarray) -> np.ndarray:
+    """Intersection over union of every class (row) of a confusion matrix; NaN where the class
+    occurs neither in the truth nor in the prediction."""
+    inter = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(axis=0) + confusion.sum(axis=1) - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / union, np.nan)
+
+
 def class_iou(prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Intersection over union of each class in ``truth`` (sorted values); its mean is the mIoU."""
     prediction, truth = np.asarray(prediction), np.asarray(truth)
     if prediction.shape != truth.shape:
         raise DinosawError(f"prediction {prediction.shape} and ground truth {truth.shape} differ in shape")
-    return np.array([((prediction == c) & (truth == c)).sum() / ((prediction == c) | (truth == c)).sum()
-                     for c in np.unique(truth)])
+    values = np.union1d(np.unique(truth), np.unique(prediction))
+    confusion = confusion_matrix(np.searchsorted(values, prediction), np.searchsorted(values, truth), len(values))
+    return iou_from_confusion(confusion)[np.isin(values, np.unique(truth))]
 
+
+def ground_truth_strips(path: str | os.PathLike, classes: Sequence[LabelClass], shape: tuple[int, int]
+                        ) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, class indices (rows, W) uint8) of a dense ground-truth label file, strip by strip:
+    each value maps to the class whose label value it is (same conventions as the scribbles), 0 to
+    0 = not scored. A value that is no class's is an error."""
+    lookup = {}
+    for c in classes:
+        value = c.source_value
+        key = value[0] if len(value) == 1 else (value[0] << 32) | (value[1] << 16) | value[2]
+        lookup[key] = c.index
+    keys = np.array(sorted(lookup), dtype=np.uint64)
+    index = np.array([lookup[int(k)] for k in keys], dtype=np.uint8)
+    with open_image(path) as reader:
+        if tuple(reader.shape) != tuple(shape):
+            raise DinosawError(f"{path}: ground truth is {reader.shape[0]}x{reader.shape[1]} px but the image is "
+                               f"{shape[0]}x{shape[1]} px")
+        height, width = reader.shape
+        for y in range(0, height, STRIP_ROWS):
+            strip = _keys(_squeeze(np.asarray(reader.read_region(y, 0, min(STRIP_ROWS, height - y), width)),
+                                   str(path)), str(path))
+            pos = np.minimum(np.searchsorted(keys, strip), len(keys) - 1)
+            known = keys[pos] == strip
+            unknown = ~known & (strip != 0)
+            if unknown.any():
+                raise DinosawError(f"{path}: ground-truth value {int(strip[unknown][0])} is none of the model's "
+                                   f"classes ({', '.join(str(c.source_value[0] if len(c.source_value) == 1 else c.source_value) for c in classes)})")
+            yield y, np.where(known, index[pos], 0).astype(np.uint8)

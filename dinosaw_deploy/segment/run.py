@@ -10,6 +10,11 @@ writing the same output fails at once.
 
 >>> segment_scan("scan.tif", "scribbles.png", "seg.ome.tif", extractor=fx, save_model="seg.dsw")
 >>> apply_scan("other.tif", "seg.dsw", "other.ome.tif", extractor=fx)
+>>> fit_scans([("a.tif", "a_labels.png"), ("b.tif", "b_labels.png")], "model.dsw", extractor=fx)
+>>> apply_scans(["c.tif", "d.tif"], "model.dsw", "out/", extractor=fx)   # out/c.ome.tif, out/d.ome.tif
+
+Each run prints the per-class pixel fractions of its result, and with ``ground_truth`` (a dense
+label file) the per-class IoU and mIoU, counted strip by strip.
 
 ``echo(message)`` receives progress lines, ``progress(done, total)`` the tile counts of each stage.
 """
@@ -18,7 +23,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +47,15 @@ from dinosaw_deploy.image.ome_writer import write_ome_pyramid
 from dinosaw_deploy.image.reader import ImageReader, open_image
 from dinosaw_deploy.segment.classifier import ClassifierParams
 from dinosaw_deploy.segment.contrast import ClaheConfig
-from dinosaw_deploy.segment.labels import LabelClass, load_scribbles
+from dinosaw_deploy.segment.labels import (
+    STRIP_ROWS,
+    LabelClass,
+    Scribbles,
+    confusion_matrix,
+    ground_truth_strips,
+    iou_from_confusion,
+    load_scribbles,
+)
 from dinosaw_deploy.segment.segmenter import GrayImage, Segmenter
 from dinosaw_deploy.tiling.grid import tile_boxes
 from dinosaw_deploy.tiling.pipeline import extract_tiled
@@ -104,11 +118,11 @@ def _work_dir(output: Path, run: dict[str, Any], inputs: list[Path], echo: Echo)
 
 
 def _patch_grid(reader: ImageReader, extractor: FeatureExtractor | None, work: Path, echo: Echo,
-                progress: Progress | None) -> PatchGrid | None:
-    """The image's stitched ViT features (resumable store in the work folder), or None."""
+                progress: Progress | None, name: str = "features.zarr") -> PatchGrid | None:
+    """The image's stitched ViT features (resumable store ``name`` in the work folder), or None."""
     if extractor is None:
         return None
-    store = work / "features.zarr"
+    store = work / name
     if not store.is_dir():
         echo("computing ViT patch features ...")
         extract_tiled(reader, extractor, store, progress=progress)
@@ -147,8 +161,10 @@ def _predict(seg: Segmenter, gray: GrayImage, grid: PatchGrid | None, work: Path
     return labels, probs
 
 
-def _preview(path: Path, gray: GrayImage, labels, classes: list[LabelClass]) -> None:
-    """Downsampled image with class colours blended in, and a legend below."""
+def _preview(path: Path, gray: GrayImage, labels, classes: list[LabelClass], scribbles: Scribbles | None = None
+             ) -> None:
+    """Side by side, downsampled: the image, the scribbles on it (when given) and the result
+    (class colours blended into the image); a legend below."""
     from PIL import Image, ImageDraw
 
     height, width = gray.shape
@@ -163,21 +179,62 @@ def _preview(path: Path, gray: GrayImage, labels, classes: list[LabelClass]) -> 
     palette = np.zeros((256, 3), np.float32)
     for c in classes:
         palette[c.index] = c.colour
-    rgb = 0.55 * (image[..., None] * 255) + 0.45 * palette[small]
-    rows = 18 * len(classes) + 8
-    canvas = Image.new("RGB", (max(small.shape[1], 200), small.shape[0] + rows), "white")
-    canvas.paste(Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)), (0, 0))
+    grey = np.repeat(image[..., None] * 255, 3, axis=-1)
+    panels = [grey]
+    if scribbles is not None:
+        marked = grey.copy()
+        marked[scribbles.ys // f, scribbles.xs // f] = palette[scribbles.classes]
+        panels.append(marked)
+    panels.append(0.55 * grey + 0.45 * palette[small])
+    gap, rows = 8, 18 * len(classes) + 8
+    h, w = small.shape
+    canvas = Image.new("RGB", (max(len(panels) * (w + gap) - gap, 200), h + rows), "white")
+    for i, panel in enumerate(panels):
+        canvas.paste(Image.fromarray(np.clip(panel, 0, 255).astype(np.uint8)), (i * (w + gap), 0))
     draw = ImageDraw.Draw(canvas)
     for i, c in enumerate(classes):
-        top = small.shape[0] + 4 + 18 * i
+        top = h + 4 + 18 * i
         draw.rectangle((4, top, 18, top + 14), fill=tuple(c.colour), outline="black")
         draw.text((24, top + 1), f"{c.index}: {c.name}", fill="black")
     with atomic_path(path) as tmp:
         canvas.save(tmp, format="PNG")
 
 
+def _quality(labels, classes: list[LabelClass], ground_truth: Path | None, echo: Echo) -> dict[str, Any]:
+    """Per-class pixel fractions of the result and, with a ground-truth file, per-class IoU and
+    their mean, counted strip by strip (neither image sits in memory whole)."""
+    k = len(classes)
+    height, width = labels.shape
+    counts = np.zeros(k + 1, np.int64)
+    confusion = np.zeros((k + 1, k + 1), np.int64)
+    if ground_truth is None:
+        strips = ((y, None) for y in range(0, height, STRIP_ROWS))
+    else:
+        strips = ground_truth_strips(ground_truth, classes, (height, width))
+    for y, truth in strips:
+        rows = STRIP_ROWS if truth is None else truth.shape[0]
+        pred = np.asarray(labels[y : y + rows])
+        counts += np.bincount(pred.ravel(), minlength=k + 1)[: k + 1]
+        if truth is not None:
+            confusion += confusion_matrix(pred, truth, k + 1)
+    fractions = counts[1:] / max(int(counts.sum()), 1)
+    echo("class fractions: " + ", ".join(f"{c.index} ({c.name}) {100 * v:.2f} %" for c, v in zip(classes, fractions)))
+    quality: dict[str, Any] = {"fractions": fractions.tolist()}
+    if ground_truth is not None:
+        scored = confusion[1:, 1:]
+        present = scored.sum(axis=1) > 0
+        ious = iou_from_confusion(scored)
+        if not present.any():
+            raise DinosawError(f"{ground_truth}: no ground-truth pixels (every value is 0 = not scored)")
+        miou = float(ious[present].mean())
+        echo(f"ground truth {ground_truth.name}: mIoU {miou:.4f} over {int(present.sum())} classes; IoU " + ", ".join(
+            f"{c.index} ({c.name}) {ious[i]:.4f}" for i, c in enumerate(classes) if present[i]))
+        quality.update(miou=miou, iou={c.index: float(ious[i]) for i, c in enumerate(classes) if present[i]})
+    return quality
+
+
 def _write_outputs(paths: dict[str, Path], seg: Segmenter, gray: GrayImage, reader: ImageReader, labels, probs,
-                   echo: Echo) -> None:
+                   echo: Echo, scribbles: Scribbles | None = None) -> None:
     pixel_size = reader.info.pixel_size
     names = [c.name for c in seg.label_classes]
     write_ome_pyramid(paths["labels"], labels, pixel_size=pixel_size, name=paths["labels"].name)
@@ -187,7 +244,7 @@ def _write_outputs(paths: dict[str, Path], seg: Segmenter, gray: GrayImage, read
         write_ome_pyramid(paths["probabilities"], probs, pixel_size=pixel_size, channel_names=names,
                           name=paths["probabilities"].name)
         echo(f"wrote {paths['probabilities']} (per-class probability x 255)")
-    _preview(paths["preview"], gray, labels, seg.label_classes)
+    _preview(paths["preview"], gray, labels, seg.label_classes, scribbles)
     echo(f"wrote {paths['preview']}")
 
 
@@ -195,9 +252,11 @@ def _run(image: Path, output: Path, inputs: list[Path], options: dict[str, Any],
          probabilities: bool, modal: int, crf: bool, extra_outputs: list[Path],
          get_segmenter: Callable[[Path], Segmenter], train: Callable[..., None] | None,
          extractor: FeatureExtractor | None, echo: Echo, progress: Progress | None,
-         check: Callable[[ImageReader], Any] | None = None) -> tuple[Path, ScanResult]:
+         check: Callable[[ImageReader], Any] | None = None,
+         ground_truth: Path | None = None) -> tuple[Path, ScanResult]:
     """Shared body of segment/apply: returns the work folder (removed by the caller when done).
-    ``check(reader)`` validates inputs against the image before any expensive work."""
+    ``check(reader)`` validates inputs against the image before any expensive work; its result
+    (the scribbles, for segment) goes to ``train`` and the preview."""
     for path in inputs:
         if not path.is_file():
             raise DinosawError(f"not found: {path}")
@@ -208,6 +267,11 @@ def _run(image: Path, output: Path, inputs: list[Path], options: dict[str, Any],
     run = {"command": options, "inputs": [fingerprint(p) for p in inputs]}
     with open_image(image) as reader:
         checked = check(reader) if check is not None else None
+        if ground_truth is not None:
+            with open_image(ground_truth) as truth:
+                if tuple(truth.shape) != tuple(reader.shape):
+                    raise DinosawError(f"{ground_truth}: ground truth is {truth.shape[0]}x{truth.shape[1]} px but "
+                                       f"the image is {reader.shape[0]}x{reader.shape[1]} px")
         work = _work_dir(output, run, inputs, echo)
         seg = get_segmenter(work)
         gray = seg.gray_image(reader)
@@ -216,8 +280,9 @@ def _run(image: Path, output: Path, inputs: list[Path], options: dict[str, Any],
             train(seg, gray, grid, work, checked)
         labels, probs = _predict(seg, gray, grid, work, modal=modal, crf=crf, probabilities=probabilities,
                                  echo=echo, progress=progress)
-        _write_outputs(paths, seg, gray, reader, labels, probs, echo)
-        result = ScanResult(paths, list(seg.label_classes), tuple(reader.shape), reader.info.pixel_size)
+        _write_outputs(paths, seg, gray, reader, labels, probs, echo, checked)
+        quality = _quality(labels, seg.label_classes, ground_truth, echo)
+        result = ScanResult(paths, list(seg.label_classes), tuple(reader.shape), reader.info.pixel_size, quality)
     return work, result
 
 
@@ -236,11 +301,14 @@ def segment_scan(
     device: str = "auto",
     threads: int | None = None,
     overwrite: bool = False,
+    ground_truth: str | os.PathLike | None = None,
     echo: Echo = lambda message: None,
     progress: Progress | None = None,
 ) -> ScanResult:
-    """Train on the scribbled pixels of ``image`` and segment all of it into ``output`` (.ome.tif)."""
+    """Train on the scribbled pixels of ``image`` and segment all of it into ``output`` (.ome.tif);
+    with ``ground_truth`` (a dense label file) also report per-class IoU and mIoU."""
     image, labels, output = Path(image), Path(labels), Path(output)
+    ground_truth = None if ground_truth is None else Path(ground_truth)
     save_model = None if save_model is None else Path(save_model)
     if save_model is not None and save_model.suffix != ".dsw":
         raise DinosawError(f"--save-model must end in .dsw, got {save_model.name}")
@@ -248,6 +316,7 @@ def segment_scan(
         raise DinosawError(f"contrast must be none or clahe, not {contrast!r}")
     classifier = classifier or ClassifierParams()
     inputs = [image, labels] + ([Path(extractor.model_path)] if extractor is not None else [])
+    inputs += [ground_truth] if ground_truth is not None else []
     options = {"name": "segment", "vit": extractor is not None, "rounds": classifier.rounds,
                "max_depth": classifier.max_depth, "contrast": contrast, "modal": modal, "crf": crf,
                "probabilities": probabilities}
@@ -270,7 +339,7 @@ def segment_scan(
         work, result = _run(image, output, inputs, options, overwrite=overwrite, probabilities=probabilities,
                             modal=modal, crf=crf, extra_outputs=extra, get_segmenter=get_segmenter, train=train,
                             extractor=extractor, echo=echo, progress=progress,
-                            check=lambda reader: load_scribbles(labels, reader.shape))
+                            check=lambda reader: load_scribbles(labels, reader.shape), ground_truth=ground_truth)
         if save_model is not None:
             with atomic_path(save_model) as tmp:
                 shutil.copyfile(work / "model.dsw", tmp)
@@ -291,12 +360,16 @@ def apply_scan(
     crf: bool = False,
     threads: int | None = None,
     overwrite: bool = False,
+    ground_truth: str | os.PathLike | None = None,
     echo: Echo = lambda message: None,
     progress: Progress | None = None,
 ) -> ScanResult:
-    """Segment ``image`` with a model saved by :func:`segment_scan` (``save_model``) or :meth:`Segmenter.save`."""
+    """Segment ``image`` with a model saved by :func:`segment_scan` (``save_model``), :func:`fit_scans`
+    or :meth:`Segmenter.save`; with ``ground_truth`` also report per-class IoU and mIoU."""
     image, model, output = Path(image), Path(model), Path(output)
+    ground_truth = None if ground_truth is None else Path(ground_truth)
     inputs = [image, model] + ([Path(extractor.model_path)] if extractor is not None else [])
+    inputs += [ground_truth] if ground_truth is not None else []
     for path in inputs:
         if not path.is_file():
             raise DinosawError(f"not found: {path}")
@@ -306,6 +379,119 @@ def apply_scan(
     with output_lock(output_paths(output, probabilities).values()):
         work, result = _run(image, output, inputs, options, overwrite=overwrite, probabilities=probabilities,
                             modal=modal, crf=crf, extra_outputs=[], get_segmenter=lambda _: seg, train=None,
-                            extractor=seg.extractor, echo=echo, progress=progress)
+                            extractor=seg.extractor, echo=echo, progress=progress,
+                            ground_truth=ground_truth)
         remove_owned(work, inputs)
     return result
+
+
+# -- several images: one model from several scribbled images, one model applied to a folder ------------------
+def fit_scans(
+    pairs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
+    output: str | os.PathLike,
+    *,
+    extractor: FeatureExtractor | None = None,
+    contrast: str = "none",
+    classifier: ClassifierParams | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+    overwrite: bool = False,
+    echo: Echo = lambda message: None,
+    progress: Progress | None = None,
+) -> Segmenter:
+    """Train one model (``output``, .dsw) on several (image, scribbles) pairs; see
+    :meth:`Segmenter.fit_sources` for how the images are combined. ViT patch features go to a
+    resumable work folder ``<output>.work/`` (one store per image), removed at the end."""
+    pairs = [(Path(image), Path(labels)) for image, labels in pairs]
+    output = Path(output)
+    if not pairs:
+        raise DinosawError("pass at least one image and its scribbles (--pair IMAGE LABELS)")
+    if output.suffix != ".dsw":
+        raise DinosawError(f"the model must end in .dsw, got {output.name}")
+    if contrast not in ("none", "clahe"):
+        raise DinosawError(f"contrast must be none or clahe, not {contrast!r}")
+    classifier = classifier or ClassifierParams()
+    inputs = [path for pair in pairs for path in pair] + ([Path(extractor.model_path)] if extractor else [])
+    for path in inputs:
+        if not path.is_file():
+            raise DinosawError(f"not found: {path}")
+    check_output(output, inputs, overwrite)
+    seg = Segmenter(extractor=extractor, classifier=classifier,
+                    contrast=ClaheConfig() if contrast == "clahe" else None, threads=threads, device=device)
+    run = {"command": {"name": "fit", "vit": extractor is not None, "contrast": contrast},
+           "inputs": [fingerprint(p) for p in inputs]}
+    with ExitStack() as stack:
+        stack.enter_context(output_lock([output]))
+        readers = [stack.enter_context(open_image(image)) for image, _ in pairs]
+        scribbles = [load_scribbles(labels, reader.shape) for (_, labels), reader in zip(pairs, readers)]
+        work = _work_dir(output, run, inputs, echo)
+        items = []
+        for i, ((image, _), reader, marks) in enumerate(zip(pairs, readers, scribbles)):
+            echo(f"{image.name}: {int(marks.counts().sum())} labelled px")
+            grid = _patch_grid(reader, extractor, work, echo, progress, name=f"features_{i}.zarr")
+            items.append((seg.gray_image(reader), marks, grid))
+        echo(f"training on {len(items)} images ...")
+        seg.fit_sources(items)
+        for c in seg.label_classes:
+            value = c.source_value[0] if len(c.source_value) == 1 else "rgb" + str(c.source_value)
+            echo(f"label value {value} -> class {c.index} ({c.name}): "
+                 f"{seg.training['pixels_labelled'][c.index - 1]} px")
+        seg.save(output)
+        remove_owned(work, inputs)
+    echo(f"wrote {output}")
+    return seg
+
+
+def scan_stem(image: Path) -> str:
+    """``a.ome.tif`` / ``a.tif`` / ``a.png`` -> ``a``: the name of an image's outputs in a folder."""
+    name = image.name
+    for suffix in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return image.stem
+
+
+def apply_scans(
+    images: Sequence[str | os.PathLike],
+    model: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    ground_truths: Sequence[str | os.PathLike] = (),
+    overwrite: bool = False,
+    echo: Echo = lambda message: None,
+    **options: Any,
+) -> list[ScanResult]:
+    """Segment several images with one model. ``output`` is a file (``.ome.tif``) for one image, else a
+    folder that receives ``<stem>.ome.tif`` per image. Resumable per image: an image whose outputs
+    all exist (and have no unfinished work folder) is skipped; ``ground_truths`` pairs with ``images``.
+    ``options`` go to :func:`apply_scan`."""
+    images, output = [Path(i) for i in images], Path(output)
+    if not images:
+        raise DinosawError("no images to segment")
+    if ground_truths and len(ground_truths) != len(images):
+        raise DinosawError(f"{len(ground_truths)} ground truths for {len(images)} images; pass one per image")
+    truths = [Path(t) for t in ground_truths] or [None] * len(images)
+    if output.name.lower().endswith((".ome.tif", ".ome.tiff")):
+        if len(images) > 1:
+            raise DinosawError(f"{len(images)} images need an output folder, not the file {output.name}")
+        targets = [output]
+    else:
+        if output.exists() and not output.is_dir():
+            raise DinosawError(f"{output} is a file; several images need an output folder")
+        stems = [scan_stem(i) for i in images]
+        if len(set(stems)) < len(stems):
+            raise DinosawError("two images share a name (" + next(s for s in stems if stems.count(s) > 1)
+                               + "); their outputs would collide in one folder")
+        output.mkdir(exist_ok=True)
+        targets = [output / f"{stem}.ome.tif" for stem in stems]
+    results = []
+    for n, (image, target, truth) in enumerate(zip(images, targets, truths), start=1):
+        paths = output_paths(target, options.get("probabilities", False))
+        work = work_path(target)
+        if not overwrite and all(p.exists() for p in paths.values()) and not work.exists():
+            echo(f"[{n}/{len(images)}] {image.name}: done already ({target.name}), skipped")
+            continue
+        echo(f"[{n}/{len(images)}] {image.name} -> {target}")
+        results.append(apply_scan(image, model, target, ground_truth=truth, overwrite=overwrite, echo=echo,
+                                  **options))
+    return results

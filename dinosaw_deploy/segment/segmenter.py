@@ -11,7 +11,7 @@ large image never exists. Every tile is a pure function of (image region, fitted
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,13 +29,16 @@ from dinosaw_deploy.segment.bundle_schema import check_arrays, check_config
 from dinosaw_deploy.segment.classifier import (
     MAX_PIXEL_CLASS_PAIRS,
     PREDICT_PARAMS,
+    PRIOR_PIXELS,
     ClassifierParams,
     _xgboost,
+    apply_prior,
     cuda_available,
+    estimate_prior,
 )
 from dinosaw_deploy.segment.contrast import Clahe, ClaheConfig
 from dinosaw_deploy.segment.filters import Box, FilterBank, FilterBankConfig
-from dinosaw_deploy.segment.labels import LabelClass, Scribbles, scribbles_from_array
+from dinosaw_deploy.segment.labels import LabelClass, Scribbles, scribbles_from_array, subsample_many, unify_classes
 from dinosaw_deploy.segment.postprocess import CRF_HALO, check_modal, dense_crf, modal_filter
 from dinosaw_deploy.segment.vit_channels import PcaFeatures
 from dinosaw_deploy.tiling.grid import tile_boxes
@@ -77,12 +80,15 @@ class Segmenter:
 
     Args:
         extractor: a ``FeatureExtractor`` to add PCA-reduced ViT channels; None = classical only.
-        filter_bank: the classical filter-bank config (default: 58 channels).
+        filter_bank: the classical filter-bank config (default: 74 channels).
         classifier: XGBoost settings (default: hist, depth 8, 100 rounds, eta 0.3, seed 0).
         tile: prediction / feature tile size in px.
         max_samples_per_class: training pixels kept per class (random, seeded) at most; fewer
             with many classes, so that pixels x classes <= ``MAX_PIXEL_CLASS_PAIRS``.
         contrast: optional CLAHE before the filter bank (:mod:`dinosaw_deploy.segment.contrast`); None = off.
+        estimate_prior: estimate the class frequencies of the training images from the predictions
+            of unlabelled pixels (:func:`~dinosaw_deploy.segment.classifier.estimate_prior`) and weigh
+            every prediction with them; False = equal priors (as models saved before issue 12).
         threads: CPU threads (default: all cores).
         device: ``auto`` (CUDA when xgboost has it and a GPU is present), ``cpu`` or ``cuda``.
     """
@@ -97,6 +103,7 @@ class Segmenter:
         max_samples_per_class: int = 200_000,
         n_components: int = 9,
         contrast: ClaheConfig | None = None,
+        estimate_prior: bool = True,
         threads: int | None = None,
         device: str = "auto",
     ) -> None:
@@ -111,6 +118,8 @@ class Segmenter:
         self.max_samples_per_class = max_samples_per_class
         self.n_components = n_components
         self.contrast = contrast
+        self.estimate_prior = estimate_prior
+        self.class_prior: np.ndarray | None = None
         self.threads = threads or os.cpu_count() or 1
         self.device = device
         self.booster = None
@@ -153,48 +162,85 @@ class Segmenter:
         return ArrayGrid(patch_features(image, self.extractor))
 
     # -- training -------------------------------------------------------------------------
-    def fit(self, image: np.ndarray, labels: np.ndarray | Scribbles) -> Segmenter:
-        """Train on an in-memory image and its scribbles (label array or :class:`Scribbles`)."""
-        image = np.asarray(image)
-        scribbles = labels if isinstance(labels, Scribbles) else scribbles_from_array(labels)
-        gray = self.gray_image(image)
-        if scribbles.shape != gray.shape:
-            raise DinosawError(f"labels are {scribbles.shape} but the image is {gray.shape}")
-        grid = None
-        if self.extractor is not None:
-            grid = ArrayGrid(patch_features(image, self.extractor))
-        return self.fit_source(gray, scribbles, grid)
+    def fit(self, image: np.ndarray | Sequence[np.ndarray],
+            labels: np.ndarray | Scribbles | Sequence[np.ndarray | Scribbles]) -> Segmenter:
+        """Train on in-memory image(s) and their scribbles (label arrays or :class:`Scribbles`): one
+        image and its labels, or lists of both (one classifier for all; see :meth:`fit_sources`)."""
+        images = [image] if isinstance(image, np.ndarray) else list(image)
+        labels = [labels] if isinstance(labels, (np.ndarray, Scribbles)) else list(labels)
+        if not images or len(images) != len(labels):
+            raise DinosawError(f"got {len(images)} images and {len(labels)} label images; pass one per image")
+        items = []
+        for array, lab in zip(images, labels):
+            array = np.asarray(array)
+            scribbles = lab if isinstance(lab, Scribbles) else scribbles_from_array(lab)
+            gray = self.gray_image(array)
+            if scribbles.shape != gray.shape:
+                raise DinosawError(f"labels are {scribbles.shape} but the image is {gray.shape}")
+            grid = ArrayGrid(patch_features(array, self.extractor)) if self.extractor is not None else None
+            items.append((gray, scribbles, grid))
+        return self.fit_sources(items)
 
     def fit_source(
         self, gray: GrayImage, scribbles: Scribbles, grid: PatchGrid | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> Segmenter:
         """Train from a lazy image (and its patch-feature grid when an extractor is set)."""
+        return self.fit_sources([(gray, scribbles, grid)], progress)
+
+    def fit_sources(
+        self, items: Sequence[tuple[GrayImage, Scribbles, PatchGrid | None]],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Segmenter:
+        """Train one classifier on several lazy images: (gray, scribbles, patch grid or None) each.
+
+        Each image keeps its own intensity rule (:meth:`gray_image`: dtype range or fitted range,
+        optional CLAHE fitted on that image); the classes are the sorted union of the label values
+        of all label files (:func:`unify_classes`); at most ``max_samples_per_class`` pixels per class
+        are drawn over all images together; the ViT PCA is fitted on tokens pooled from every grid."""
         xgboost = _xgboost()
-        if scribbles.shape != tuple(gray.shape):
-            raise DinosawError(f"labels are {scribbles.shape} but the image is {tuple(gray.shape)}")
-        self.label_classes = list(scribbles.label_classes)
+        if not items:
+            raise DinosawError("no training images")
+        for gray, scribbles, _ in items:
+            if scribbles.shape != tuple(gray.shape):
+                raise DinosawError(f"labels are {scribbles.shape} but the image is {tuple(gray.shape)}")
+        grays, grids = [g for g, _, _ in items], [grid for _, _, grid in items]
+        scribbles = unify_classes([s for _, s, _ in items])
+        self.label_classes = list(scribbles[0].label_classes)
         self.pca = None
         if self.extractor is not None:
-            if grid is None:
-                raise DinosawError("an extractor is set: pass the image's patch-feature grid")
+            if any(grid is None for grid in grids):
+                raise DinosawError("an extractor is set: pass each image's patch-feature grid")
             self.engine = {"model": self.extractor.manifest.get("model"),
                            "identity": engine_identity(self.extractor.manifest),
                            "patch_size": int(self.extractor.patch_size)}
-            self.pca = PcaFeatures.fit(grid, n_components=self.n_components, patch_size=self.extractor.patch_size,
+            self.pca = PcaFeatures.fit(grids, n_components=self.n_components, patch_size=self.extractor.patch_size,
                                        seed=self.classifier.seed)
-        per_class = min(self.max_samples_per_class, max(1, MAX_PIXEL_CLASS_PAIRS // scribbles.num_classes**2))
-        sample = scribbles.subsample(per_class, seed=self.classifier.seed)
-        x, y = self._gather(gray, grid, sample, progress)
-        counts = np.bincount(y, minlength=len(self.label_classes))
-        weights = (len(y) / (len(self.label_classes) * np.maximum(counts, 1)))[y].astype(np.float32)
+        k = len(self.label_classes)
+        per_class = min(self.max_samples_per_class, max(1, MAX_PIXEL_CLASS_PAIRS // k**2))
+        samples = subsample_many(scribbles, per_class, seed=self.classifier.seed)
+        tiles = sum(len(self._tile_groups(gray, sample)) for gray, sample in zip(grays, samples))
+        per_tile = PRIOR_PIXELS // tiles if self.estimate_prior else 0
+        gathered = [self._gather(gray, grid, sample, progress, per_tile)
+                    for gray, grid, sample in zip(grays, grids, samples)]
+        x = np.concatenate([g[0] for g in gathered])
+        y = np.concatenate([g[1] for g in gathered])
+        counts = np.bincount(y, minlength=k)
+        if np.count_nonzero(counts) < 2:
+            raise DinosawError("only one class is labelled over all images; scribble at least two classes")
+        weights = (len(y) / (k * np.maximum(counts, 1)))[y].astype(np.float32)
         device = self._device()
-        params = self.classifier.xgb(len(self.label_classes), device, self.threads)
+        params = self.classifier.xgb(k, device, self.threads)
         matrix = xgboost.DMatrix(x, label=y, weight=weights, nthread=self.threads)
         self.booster = xgboost.train(params, matrix, num_boost_round=self.classifier.rounds)
+        self.class_prior = None
+        if self.estimate_prior:  # still on all training threads
+            unlabelled = np.concatenate([g[2] for g in gathered])
+            self.class_prior = estimate_prior(self.booster.inplace_predict(unlabelled)).astype(np.float32)
         self.booster.set_param(PREDICT_PARAMS)
-        self.training = {"pixels_labelled": scribbles.counts().tolist(), "pixels_used": counts.tolist(),
-                         "device": device}
+        labelled = np.sum([s.counts() for s in scribbles], axis=0)
+        self.training = {"pixels_labelled": labelled.tolist(), "pixels_used": counts.tolist(), "device": device,
+                         "images": len(items)}
         return self
 
     def _device(self) -> str:
@@ -204,27 +250,39 @@ class Segmenter:
             raise DinosawError("device cuda requested but no CUDA GPU / CUDA-enabled xgboost is available")
         return self.device
 
-    def _gather(self, gray: GrayImage, grid: PatchGrid | None, sample: Scribbles,
-                progress: Callable[[int, int], None] | None) -> tuple[np.ndarray, np.ndarray]:
-        """Features at the sampled labelled pixels, one labelled tile (bounding box) at a time."""
+    def _tile_groups(self, gray: GrayImage, sample: Scribbles) -> list[np.ndarray]:
+        """Indices of ``sample``'s pixels grouped by prediction tile."""
         tiles_x = -(-gray.shape[1] // self.tile)
         key = (sample.ys // self.tile).astype(np.int64) * tiles_x + sample.xs // self.tile
         order = np.argsort(key, kind="stable")
         starts = np.flatnonzero(np.r_[True, np.diff(key[order]) != 0])
-        groups = np.split(order, starts[1:])
-        x = np.empty((len(order), len(self.channel_names)), dtype=np.float32)
+        return np.split(order, starts[1:]) if len(order) else []
 
-        def work(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _gather(self, gray: GrayImage, grid: PatchGrid | None, sample: Scribbles,
+                progress: Callable[[int, int], None] | None,
+                unlabelled: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Features at the sampled labelled pixels, one labelled tile (bounding box) at a time, and
+        of up to ``unlabelled`` random pixels of every such box (seeded by the box's position)."""
+        groups = self._tile_groups(gray, sample)
+        x = np.empty((len(sample.ys), len(self.channel_names)), dtype=np.float32)
+
+        def work(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             ys, xs = sample.ys[idx], sample.xs[idx]
             box = (int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1)
             feats = self.features(gray, box, grid)
-            return idx, feats[:, ys - box[0], xs - box[2]].T
+            c, h, w = feats.shape
+            rng = np.random.default_rng((self.classifier.seed, *box))
+            pick = rng.choice(h * w, min(unlabelled, h * w), replace=False)
+            return idx, feats[:, ys - box[0], xs - box[2]].T, feats.reshape(c, -1)[:, np.sort(pick)].T
 
-        for done, (idx, rows) in enumerate(map_ordered(work, groups, self.threads), start=1):
+        others = []
+        for done, (idx, rows, extra) in enumerate(map_ordered(work, groups, self.threads), start=1):
             x[idx] = rows
+            others.append(extra)
             if progress:
                 progress(done, len(groups))
-        return x, (sample.classes.astype(np.int64) - 1)
+        unlabelled_rows = np.concatenate(others) if others else np.empty((0, x.shape[1]), np.float32)
+        return x, (sample.classes.astype(np.int64) - 1), unlabelled_rows
 
     # -- prediction -----------------------------------------------------------------------
     def _check_fitted(self) -> None:
@@ -247,6 +305,8 @@ class Segmenter:
         c, h, w = feats.shape
         probs = self.booster.inplace_predict(feats.reshape(c, -1).T)
         probs = np.ascontiguousarray(np.asarray(probs, np.float32).T.reshape(-1, h, w))
+        if self.class_prior is not None:
+            probs = apply_prior(probs, self.class_prior)
         labels = (probs.argmax(axis=0) + 1).astype(np.uint8)
         if crf:
             labels = dense_crf(probs, gray[outer[0] : outer[1], outer[2] : outer[3]])
@@ -296,6 +356,7 @@ class Segmenter:
             "tile": self.tile,
             "max_samples_per_class": self.max_samples_per_class,
             "contrast": None if self.contrast is None else self.contrast.to_dict(),
+            "class_prior": None if self.class_prior is None else self.class_prior.tolist(),
             "vit": None if self.pca is None else {**self.engine, "n_components": self.pca.num_components},
             "training": self.training,
         }
@@ -323,6 +384,9 @@ class Segmenter:
             **options,
         )
         seg.label_classes = [LabelClass.from_dict(c) for c in config["classes"]]
+        prior = config.get("class_prior")  # absent before issue 12: equal priors
+        seg.estimate_prior = prior is not None
+        seg.class_prior = None if prior is None else np.asarray(prior, np.float32)
         seg.training = dict(config.get("training") or {})
         if vit is not None:
             seg.engine = {k: vit[k] for k in ("model", "identity", "patch_size")}

@@ -9,13 +9,14 @@ depend on where the tile starts: there are no seams from upsampling.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.tiling.store import PatchGrid
-from dinosaw_deploy.tiling.tokens import fit_pca, sample_tokens
+from dinosaw_deploy.tiling.tokens import SAMPLE_TOKENS, fit_pca, sample_tokens
 
 Box = tuple[int, int, int, int]
 
@@ -32,8 +33,12 @@ class PcaFeatures:
     patch_size: int = 14
 
     @classmethod
-    def fit(cls, grid: PatchGrid, *, n_components: int = 9, patch_size: int = 14, seed: int = 0) -> PcaFeatures:
-        tokens = sample_tokens(grid, seed=seed).astype(np.float64)
+    def fit(cls, grid: PatchGrid | Sequence[PatchGrid], *, n_components: int = 9, patch_size: int = 14,
+            seed: int = 0) -> PcaFeatures:
+        """Fit on a token sample of one grid, or on equal shares of the token budget pooled from several."""
+        grids = [grid] if not isinstance(grid, Sequence) else list(grid)
+        share = -(-SAMPLE_TOKENS // len(grids))
+        tokens = np.concatenate([sample_tokens(g, share, seed=seed) for g in grids]).astype(np.float64)
         if tokens.shape[0] < 2:
             raise DinosawError("too few patch tokens to fit the ViT feature PCA (image smaller than 2 patches)")
         mean = tokens.mean(axis=0)

@@ -1,0 +1,44 @@
+"""``dinosaw-deploy fit``: one model from the scribbles of several images (calls :func:`segment.run.fit_scans`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dinosaw_deploy.cli._options import backend_option, open_engine
+from dinosaw_deploy.cli._progress import TileProgress
+from dinosaw_deploy.errors import DinosawError
+
+
+@click.command("fit")
+@click.option("--pair", "pairs", nargs=2, multiple=True, required=True,
+              type=(click.Path(path_type=Path), click.Path(path_type=Path)), metavar="IMAGE LABELS",
+              help="An image and its scribbles (PNG/TIFF, 0 = unlabelled); repeat for several images.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Model (.dsw).")
+@click.option("--engine", type=click.Path(path_type=Path), default=None,
+              help="Exported ALiBi-Dv2 (.onnx) for ViT features [engines/alibi_dv2_vits14.onnx if present].")
+@click.option("--no-vit", is_flag=True, help="Classical features only.")
+@click.option("--contrast", type=click.Choice(["none", "clahe"]), default="none", show_default=True,
+              help="Contrast equalisation before the filter bank (fitted per image).")
+@click.option("--rounds", type=click.IntRange(min=1), default=100, show_default=True, help="XGBoost rounds.")
+@click.option("--max-depth", type=click.IntRange(min=1), default=8, show_default=True, help="XGBoost tree depth.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="XGBoost training device.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads [all cores].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing model.")
+@backend_option
+def fit_command(pairs: tuple[tuple[Path, Path], ...], output: Path, engine: Path | None, no_vit: bool, contrast: str,
+                rounds: int, max_depth: int, device: str, threads: int | None, overwrite: bool, backend: str) -> None:
+    """Train one model on the scribbles of one or more images; apply it with `dinosaw-deploy apply`."""
+    from dinosaw_deploy.segment.classifier import ClassifierParams
+    from dinosaw_deploy.segment.run import fit_scans
+
+    if engine is not None and no_vit:
+        raise DinosawError("--engine and --no-vit contradict each other; pass one")
+    for path in (p for pair in pairs for p in pair):  # before the engine, whose notice would bury this error
+        if not path.is_file():
+            raise DinosawError(f"not found: {path}")
+    with TileProgress() as progress:
+        fit_scans(pairs, output, extractor=open_engine(engine, no_vit, backend), contrast=contrast,
+                  classifier=ClassifierParams(rounds=rounds, max_depth=max_depth), device=device, threads=threads,
+                  overwrite=overwrite, echo=click.echo, progress=progress)
