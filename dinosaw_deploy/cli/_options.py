@@ -1,11 +1,13 @@
 """Defaults and click options shared by the commands that run an engine."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import click
 
 from dinosaw_deploy.engine.backends import BACKENDS
+from dinosaw_deploy.errors import DinosawError
 
 DEFAULT_ENGINE = Path("engines") / "alibi_dv2_vits14.onnx"
 
@@ -16,3 +18,24 @@ backend_option = click.option(
     show_default=True,
     help="Inference backend (auto: TensorRT plan, else ONNX Runtime TensorRT > CUDA > CPU, whichever exist).",
 )
+
+
+def cluster_options(command):
+    """``--cluster SPEC`` and ``--block PX`` (docs/cluster.md)."""
+    command = click.option("--block", type=click.IntRange(min=1), default=None,
+                           help="Block edge in px on a cluster (rounded to the chunk grid) [2688].")(command)
+    return click.option("--cluster", default=None, metavar="SPEC",
+                        help="Run the blocks on dask.distributed: local[:N], tcp://HOST:PORT or slurm:CONFIG.yaml "
+                             "(needs the 'cluster' extra).")(command)
+
+
+def cluster_executor(cluster: str | None, block: int | None, threads: int | None, backend: str):
+    """A context giving the job's ``DaskExecutor`` for ``--cluster``, or None (dask not imported)."""
+    if cluster is None:
+        if block is not None:
+            raise DinosawError("--block applies with --cluster only")
+        return nullcontext()
+    from dinosaw_deploy.cluster import cluster_executor as start
+    from dinosaw_deploy.cluster.blocks import DEFAULT_BLOCK
+
+    return start(cluster, block=block or DEFAULT_BLOCK, threads=threads or 1, backend=backend)

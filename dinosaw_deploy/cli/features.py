@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dinosaw_deploy.cli._options import backend_option
+from dinosaw_deploy.cli._options import backend_option, cluster_executor, cluster_options
 from dinosaw_deploy.errors import DinosawError
 
 # A whole-image pass attends over all tokens at once (memory ~ tokens^2): beyond this, tile.
@@ -40,9 +40,10 @@ TILED_DEFAULTS = {"tile": 518, "overlap": 4, "batch": 4, "dtype": "float16", "me
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @backend_option
+@cluster_options
 def features_command(image: Path, output: Path, engine: Path, intensity_range, intensity_percentiles, page, level,
                      crop_databar, tile, overlap, batch, dtype, merge, no_preview, as_json, overwrite,
-                     backend: str) -> None:
+                     backend: str, cluster: str | None, block: int | None) -> None:
     """Patch features of IMAGE: (C, H // 14, W // 14) as a chunked zarr store (.zarr) or a float32 .npy.
 
     A .zarr run streams the image tile by tile in bounded memory, shows progress, resumes where an
@@ -60,6 +61,8 @@ def features_command(image: Path, output: Path, engine: Path, intensity_range, i
         raise DinosawError(f"output must end in .zarr (tiled) or .npy (whole image), got {output.name}")
     if suffix == ".npy" and (any(v is not None for v in tiled.values()) or no_preview):
         raise DinosawError("--tile/--overlap/--batch/--dtype/--merge/--no-preview apply to .zarr outputs only")
+    if suffix == ".npy" and cluster is not None:
+        raise DinosawError("--cluster writes a .zarr feature store; a .npy is one pass in this process")
     if intensity_range and intensity_percentiles:
         raise DinosawError("give --intensity-range or --intensity-percentiles, not both")
     check_output(output, [image, engine], overwrite)
@@ -75,7 +78,9 @@ def features_command(image: Path, output: Path, engine: Path, intensity_range, i
         else:
             options = {k: TILED_DEFAULTS[k] if v is None else v for k, v in tiled.items()}
             extractor = FeatureExtractor(engine, batch_size=options["batch"], backend=backend)
-            summary = _tiled(reader, extractor, output, options, ranges, not no_preview, quiet=as_json)
+            with cluster_executor(cluster, block, None, backend) as executor:
+                summary = _tiled(reader, extractor, output, options, ranges, not no_preview, quiet=as_json,
+                                 runner=executor.runner if executor else None)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
@@ -108,7 +113,8 @@ def _whole_image(reader, engine: Path, output: Path, *, backend: str, intensity_
     return summary
 
 
-def _tiled(reader, extractor, output: Path, options: dict, ranges: dict, preview: bool, quiet: bool) -> dict:
+def _tiled(reader, extractor, output: Path, options: dict, ranges: dict, preview: bool, quiet: bool,
+           runner=None) -> dict:
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -119,7 +125,7 @@ def _tiled(reader, extractor, output: Path, options: dict, ranges: dict, preview
         TimeRemainingColumn,
     )
 
-    from dinosaw_deploy.tiling.pipeline import extract_tiled
+    from dinosaw_deploy.tiling.pipeline import extract_tiled, run_tiles
     from dinosaw_deploy.tiling.store import FeatureStore
 
     bar = Progress(TextColumn("tiles"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
@@ -135,7 +141,7 @@ def _tiled(reader, extractor, output: Path, options: dict, ranges: dict, preview
         summary = extract_tiled(
             reader, extractor, output,
             tile=options["tile"], overlap=options["overlap"], window=options["merge"], batch=options["batch"],
-            dtype=options["dtype"], **ranges, progress=progress,
+            dtype=options["dtype"], **ranges, progress=progress, runner=runner or run_tiles,
         )
     finally:
         if bar.live.is_started:

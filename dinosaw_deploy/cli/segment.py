@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dinosaw_deploy.cli._options import DEFAULT_ENGINE, backend_option
+from dinosaw_deploy.cli._options import DEFAULT_ENGINE, backend_option, cluster_executor, cluster_options
 from dinosaw_deploy.errors import DinosawError
 
 
@@ -52,7 +52,7 @@ class _Bar:
 @click.argument("image", type=click.Path(path_type=Path))
 @click.option("--labels", "labels_path", type=click.Path(path_type=Path), required=True,
               help="Scribbles: PNG/TIFF, 0 = unlabelled; classes 1..K, grey levels, or colours.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Label image (.ome.tif).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Label image (.ome.tif or .ome.zarr).")
 @click.option("--engine", type=click.Path(path_type=Path), default=None,
               help="Exported ALiBi-Dv2 (.onnx) for ViT features [engines/alibi_dv2_vits14.onnx if present].")
 @click.option("--no-vit", is_flag=True, help="Classical features only.")
@@ -69,9 +69,11 @@ class _Bar:
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads [all cores].")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @backend_option
+@cluster_options
 def segment_command(image: Path, labels_path: Path, output: Path, engine: Path | None, no_vit: bool,
                     save_model: Path | None, probabilities: bool, modal: int, crf: bool, contrast: str, rounds: int,
-                    max_depth: int, device: str, threads: int | None, overwrite: bool, backend: str) -> None:
+                    max_depth: int, device: str, threads: int | None, overwrite: bool, backend: str,
+                    cluster: str | None, block: int | None) -> None:
     """Train on the scribbled pixels of IMAGE and segment all of it into a pyramidal OME-TIFF."""
     from dinosaw_deploy.segment.classifier import ClassifierParams
     from dinosaw_deploy.segment.run import segment_scan
@@ -83,10 +85,11 @@ def segment_command(image: Path, labels_path: Path, output: Path, engine: Path |
             raise DinosawError(f"not found: {path}")
     bar = _Bar()
     try:
-        segment_scan(image, labels_path, output, extractor=_engine(engine, no_vit, backend), save_model=save_model,
-                     probabilities=probabilities, modal=modal, crf=crf, contrast=contrast,
-                     classifier=ClassifierParams(rounds=rounds, max_depth=max_depth), device=device,
-                     threads=threads, overwrite=overwrite, echo=click.echo, progress=bar)
+        with cluster_executor(cluster, block, threads, backend) as executor:
+            segment_scan(image, labels_path, output, extractor=_engine(engine, no_vit, backend),
+                         save_model=save_model, probabilities=probabilities, modal=modal, crf=crf, contrast=contrast,
+                         classifier=ClassifierParams(rounds=rounds, max_depth=max_depth), device=device,
+                         threads=threads, overwrite=overwrite, echo=click.echo, progress=bar, executor=executor)
     finally:
         bar.close()
 
@@ -94,7 +97,7 @@ def segment_command(image: Path, labels_path: Path, output: Path, engine: Path |
 @click.command("apply")
 @click.argument("image", type=click.Path(path_type=Path))
 @click.option("--model", "model_path", type=click.Path(path_type=Path), required=True, help="Trained model (.dsw).")
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Label image (.ome.tif).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Label image (.ome.tif or .ome.zarr).")
 @click.option("--engine", type=click.Path(path_type=Path), default=None,
               help="The engine the model was trained with (ViT models) [engines/alibi_dv2_vits14.onnx].")
 @click.option("--probabilities", is_flag=True, help="Also write per-class probabilities (*.probabilities.ome.tif).")
@@ -103,8 +106,10 @@ def segment_command(image: Path, labels_path: Path, output: Path, engine: Path |
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads [all cores].")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @backend_option
+@cluster_options
 def apply_command(image: Path, model_path: Path, output: Path, engine: Path | None, probabilities: bool,
-                  modal: int, crf: bool, threads: int | None, overwrite: bool, backend: str) -> None:
+                  modal: int, crf: bool, threads: int | None, overwrite: bool, backend: str, cluster: str | None,
+                  block: int | None) -> None:
     """Segment IMAGE with a model saved by `segment --save-model`."""
     from dinosaw_deploy.segment.bundle import load_bundle
     from dinosaw_deploy.segment.run import apply_scan
@@ -115,8 +120,9 @@ def apply_command(image: Path, model_path: Path, output: Path, engine: Path | No
     uses_vit = load_bundle(model_path).config.get("vit") is not None
     bar = _Bar()
     try:
-        apply_scan(image, model_path, output, extractor=_engine(engine, not uses_vit, backend, required=True),
-                   probabilities=probabilities, modal=modal, crf=crf, threads=threads, overwrite=overwrite,
-                   echo=click.echo, progress=bar)
+        with cluster_executor(cluster, block, threads, backend) as executor:
+            apply_scan(image, model_path, output, extractor=_engine(engine, not uses_vit, backend, required=True),
+                       probabilities=probabilities, modal=modal, crf=crf, threads=threads, overwrite=overwrite,
+                       echo=click.echo, progress=bar, executor=executor)
     finally:
         bar.close()
