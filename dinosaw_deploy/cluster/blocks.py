@@ -33,12 +33,13 @@ def extent(boxes: list[Box]) -> Box:
     return (min(b[0] for b in boxes), max(b[1] for b in boxes), min(b[2] for b in boxes), max(b[3] for b in boxes))
 
 
-def feature_blocks(grid: TileGrid, block: int = DEFAULT_BLOCK) -> list[Box]:
-    """Row-major chunk-aligned patch boxes of about ``block`` px height covering the grid."""
+def feature_blocks(grid: TileGrid, block: int = DEFAULT_BLOCK, aspect: int = MAX_ASPECT) -> list[Box]:
+    """Row-major chunk-aligned patch boxes of about ``block`` px height, the full width up to
+    ``aspect`` heights, covering the grid."""
     if block < 1:
         raise DinosawError(f"block must be >= 1 px, got {block}")
     rows = max(1, round(block / (CHUNK * grid.patch_size))) * CHUNK
-    cols = grid.grid_w if grid.grid_w <= MAX_ASPECT * rows else MAX_ASPECT * rows
+    cols = grid.grid_w if grid.grid_w <= aspect * rows else aspect * rows
     return [(r, min(r + rows, grid.grid_h), c, min(c + cols, grid.grid_w))
             for r in range(0, grid.grid_h, rows) for c in range(0, grid.grid_w, cols)]
 

@@ -73,7 +73,7 @@ def connect(spec: str) -> Iterator[Any]:
         if kind == "local":
             cluster = stack.enter_context(distributed.LocalCluster(
                 n_workers=arg or os.cpu_count() or 1, threads_per_worker=1, processes=True, host="127.0.0.1",
-                dashboard_address=None))
+                dashboard_address="127.0.0.1:0"))
             client = stack.enter_context(distributed.Client(cluster))
         elif kind == "slurm":
             cluster = stack.enter_context(_slurm(arg))

@@ -154,7 +154,8 @@ def feature_block(job: FeatureJob, box: Box) -> dict[str, float]:
                 wsum[ys.start - r0 : ys.stop - r0, xs.start - c0 : xs.stop - c0] += w
             tiles += len(chunk)
     array = zarr.open_array(job.array, mode="r+")
-    array[:, r0:r1, c0:c1] = (acc / wsum).astype(array.dtype)
+    acc /= wsum  # in place: the block's memory is this accumulator, its weights and the cast below
+    array[:, r0:r1, c0:c1] = acc.astype(array.dtype, copy=False)
     _done(job.markers, block_name(box))
     return {"tiles": tiles, "seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb()}
 
