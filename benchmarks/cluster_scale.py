@@ -18,7 +18,7 @@ Per size and stage, three configurations, each a fresh child process (``/usr/bin
 
 Printed: wall time and its ratio to ``single``; peak RSS of the client and of each worker
 (``VmHWM``, workers started fresh per run); blocks; scheduler overhead per block =
-(stage wall time - block compute seconds / task slots) / blocks. Targets (issue #14): 2x1 within
+(stage wall time - block compute seconds / min(task slots, blocks)) / blocks. Targets (issue #14): 2x1 within
 1.15x of single, per-worker RSS <= 1.5 GiB. On 2 shared cores no speed-up can show; overhead can.
 """
 from __future__ import annotations
@@ -177,7 +177,8 @@ def main() -> None:
                 line = (f"{size:4d} Mpx {stage:8s} {config:6s} wall {r['seconds']:7.1f} s ({r['seconds'] / base:5.2f}x)"
                         f"  client RSS {r['client_rss_mib']:6.0f} MiB")
                 if "worker_rss_mib" in r:
-                    overhead = (r["stage_seconds"] - r["block_seconds"] / r["slots"]) / max(r["blocks"], 1)
+                    slots = min(r["slots"], max(r["blocks"], 1))
+                    overhead = (r["stage_seconds"] - r["block_seconds"] / slots) / max(r["blocks"], 1)
                     line += (f"  worker RSS {', '.join(f'{v:.0f}' for v in r['worker_rss_mib'])} MiB"
                              f"  {r['blocks']} blocks, overhead {overhead:6.2f} s/block")
                 print(line, flush=True)

@@ -132,7 +132,7 @@ def test_slurm_spec_errors_are_clear(tmp_path):
                 pass
 
 
-@pytest.mark.parametrize("block, aspect", [(896, 4), (896, 1), (1792, 4)])
+@pytest.mark.parametrize("block, aspect", [(896, 4), (896, 0.5), (1792, 4)])
 def test_blocks_tile_the_grid_on_chunk_edges(block, aspect):
     grid = TileGrid.for_image(3000, 2500, tile=TILE, overlap=2)
     boxes = feature_blocks(grid, block, aspect)
@@ -143,8 +143,8 @@ def test_blocks_tile_the_grid_on_chunk_edges(block, aspect):
         assert (r1 % CHUNK == 0 or r1 == grid.grid_h) and (c1 % CHUNK == 0 or c1 == grid.grid_w)
         tiles = [t for batch in block_batches(grid, (r0, r1, c0, c1), 4) for t in batch]
         for t in grid.tiles():  # every tile whose weights reach the block is computed
-            w = grid.weights(t)[max(r0 - t.y0, 0) : max(r1 - t.y0, 0), max(c0 - t.x0, 0) : max(c1 - t.x0, 0)]
-            assert (t in tiles) or not w.any()
+            reach = grid.weights(t)[max(r0 - t.y0, 0) : max(r1 - t.y0, 0), max(c0 - t.x0, 0) : max(c1 - t.x0, 0)]
+            assert (t in tiles) or not reach.any()
     assert (covered == 1).all()
     groups = label_blocks((3000, 2100), 512, block)
     assert sorted(b for g in groups for b in g) == sorted(tile_boxes((3000, 2100), 512))
@@ -160,10 +160,11 @@ def test_feature_blocks_in_any_layout_equal_one_process(scan, reference, tiny_en
     array = zarr.open_array(tmp_path / "f.zarr", mode="w", shape=reference.shape, chunks=(96, CHUNK, CHUNK),
                             dtype="float32")
     (tmp_path / "m").mkdir()
-    job = FeatureJob(image=ImageRef(str(scan / "scan.tif")), engine=str(tiny_engine), backend="cpu", engine_batch=4,
+    job = FeatureJob(image=ImageRef(str(scan / "scan.tif")), engine=str(tiny_engine), engine_stamp=(0, 0),
+                     backend="cpu", engine_batch=4,
                      threads=1, grid=grid.to_dict(), intensity_range=reference.intensity_range, batch=4,
                      array=str(tmp_path / "f.zarr"), markers=str(tmp_path / "m"))
-    boxes = feature_blocks(grid, 896, aspect=1)
+    boxes = feature_blocks(grid, 896, aspect=0.5)
     assert len({b[2] for b in boxes}) > 1  # columns are split
     for box in reversed(boxes):
         feature_block(job, box)

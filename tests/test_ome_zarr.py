@@ -35,7 +35,8 @@ def test_pyramid_and_pixel_size_read_back_by_ome_zarr(tmp_path, channels):
     open_level(path)[:] = data
     build_levels(path)
     levels, meta = read_back(path)
-    assert [lv.shape[-2:] for lv in levels] == level_shapes(1100, 700, 256) == [(1100, 700), (550, 350), (275, 175), (138, 88)]
+    expected = [(1100, 700), (550, 350), (275, 175), (138, 88)]
+    assert [lv.shape[-2:] for lv in levels] == level_shapes(1100, 700, 256) == expected
     for k, level in enumerate(levels):
         np.testing.assert_array_equal(level, data[..., :: 2**k, :: 2**k])
     scales = [t[0]["scale"][-2:] for t in meta["coordinateTransformations"]]

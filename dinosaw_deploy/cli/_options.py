@@ -23,7 +23,8 @@ backend_option = click.option(
 def cluster_options(command):
     """``--cluster SPEC`` and ``--block PX`` (docs/cluster.md)."""
     command = click.option("--block", type=click.IntRange(min=1), default=None,
-                           help="Block edge in px on a cluster (rounded to the chunk grid) [2688].")(command)
+                           help="Block edge in px on a cluster, rounded to the chunk grid "
+                                "[features 2688, labels 1024].")(command)
     return click.option("--cluster", default=None, metavar="SPEC",
                         help="Run the blocks on dask.distributed: local[:N], tcp://HOST:PORT or slurm:CONFIG.yaml "
                              "(needs the 'cluster' extra).")(command)
@@ -36,6 +37,5 @@ def cluster_executor(cluster: str | None, block: int | None, threads: int | None
             raise DinosawError("--block applies with --cluster only")
         return nullcontext()
     from dinosaw_deploy.cluster import cluster_executor as start
-    from dinosaw_deploy.cluster.blocks import DEFAULT_BLOCK
 
-    return start(cluster, block=block or DEFAULT_BLOCK, threads=threads or 1, backend=backend)
+    return start(cluster, block=block, threads=threads or 1, backend=backend)

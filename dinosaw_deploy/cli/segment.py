@@ -52,7 +52,8 @@ class _Bar:
 @click.argument("image", type=click.Path(path_type=Path))
 @click.option("--labels", "labels_path", type=click.Path(path_type=Path), required=True,
               help="Scribbles: PNG/TIFF, 0 = unlabelled; classes 1..K, grey levels, or colours.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Label image (.ome.tif or .ome.zarr).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Label image (.ome.tif or .ome.zarr).")
 @click.option("--engine", type=click.Path(path_type=Path), default=None,
               help="Exported ALiBi-Dv2 (.onnx) for ViT features [engines/alibi_dv2_vits14.onnx if present].")
 @click.option("--no-vit", is_flag=True, help="Classical features only.")
@@ -97,7 +98,8 @@ def segment_command(image: Path, labels_path: Path, output: Path, engine: Path |
 @click.command("apply")
 @click.argument("image", type=click.Path(path_type=Path))
 @click.option("--model", "model_path", type=click.Path(path_type=Path), required=True, help="Trained model (.dsw).")
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Label image (.ome.tif or .ome.zarr).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Label image (.ome.tif or .ome.zarr).")
 @click.option("--engine", type=click.Path(path_type=Path), default=None,
               help="The engine the model was trained with (ViT models) [engines/alibi_dv2_vits14.onnx].")
 @click.option("--probabilities", is_flag=True, help="Also write per-class probabilities (*.probabilities.ome.tif).")

@@ -20,7 +20,8 @@ from dinosaw_deploy.tiling.store import CHUNK
 # A feature block spans the full width up to this many block heights (memory grows with width;
 # each extra column edge recomputes one tile column).
 MAX_ASPECT = 4
-DEFAULT_BLOCK = 3 * CHUNK * 14  # px: 192 patch rows, 2688 px
+DEFAULT_BLOCK = 3 * CHUNK * 14  # feature blocks, px: about 192 patch rows (2688 px)
+DEFAULT_LABEL_BLOCK = 1024  # label blocks, px: their memory does not grow with the block, so small ones balance
 
 
 def block_name(box: Box) -> str:
@@ -33,13 +34,21 @@ def extent(boxes: list[Box]) -> Box:
     return (min(b[0] for b in boxes), max(b[1] for b in boxes), min(b[2] for b in boxes), max(b[3] for b in boxes))
 
 
-def feature_blocks(grid: TileGrid, block: int = DEFAULT_BLOCK, aspect: int = MAX_ASPECT) -> list[Box]:
-    """Row-major chunk-aligned patch boxes of about ``block`` px height, the full width up to
-    ``aspect`` heights, covering the grid."""
+def _split(length: int, target: int, unit: int) -> int:
+    """A step (multiple of ``unit``) cutting ``length`` into about ``length / target`` near-equal
+    parts: no thin last part (each block edge costs a recomputed tile row)."""
+    parts = max(1, round(length / max(target, 1)))
+    return -(-(-(-length // parts)) // unit) * unit
+
+
+def feature_blocks(grid: TileGrid, block: int = DEFAULT_BLOCK, aspect: float = MAX_ASPECT) -> list[Box]:
+    """Row-major chunk-aligned patch boxes covering the grid: about ``block`` px tall (at most 1.5x,
+    rounded up to the chunk), the full width up to ``aspect`` heights."""
     if block < 1:
         raise DinosawError(f"block must be >= 1 px, got {block}")
-    rows = max(1, round(block / (CHUNK * grid.patch_size))) * CHUNK
-    cols = grid.grid_w if grid.grid_w <= aspect * rows else aspect * rows
+    target = max(CHUNK, block // grid.patch_size)
+    rows = _split(grid.grid_h, target, CHUNK)
+    cols = grid.grid_w if grid.grid_w <= aspect * target else _split(grid.grid_w, int(aspect * target), CHUNK)
     return [(r, min(r + rows, grid.grid_h), c, min(c + cols, grid.grid_w))
             for r in range(0, grid.grid_h, rows) for c in range(0, grid.grid_w, cols)]
 
@@ -68,7 +77,7 @@ def block_batches(grid: TileGrid, box: Box, batch: int) -> list[list[Tile]]:
     return batches
 
 
-def label_blocks(shape: tuple[int, int], tile: int, block: int = DEFAULT_BLOCK) -> list[list[Box]]:
+def label_blocks(shape: tuple[int, int], tile: int, block: int = DEFAULT_LABEL_BLOCK) -> list[list[Box]]:
     """Groups of prediction tiles (``tile_boxes(shape, tile)``) about ``block`` px square, row-major;
     block edges lie on multiples of ``tile`` (the label arrays' chunk)."""
     if block < 1:

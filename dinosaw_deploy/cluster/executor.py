@@ -22,11 +22,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from dinosaw_deploy.cluster.blocks import DEFAULT_BLOCK, block_name, extent, feature_blocks, label_blocks
+from dinosaw_deploy.cluster.blocks import (
+    DEFAULT_BLOCK,
+    DEFAULT_LABEL_BLOCK,
+    block_name,
+    extent,
+    feature_blocks,
+    label_blocks,
+)
 from dinosaw_deploy.cluster.connect import connect
 from dinosaw_deploy.cluster.tasks import FeatureJob, ImageRef, PredictJob, feature_block, predict_block
 from dinosaw_deploy.engine.extractor import FeatureExtractor
 from dinosaw_deploy.errors import DinosawError
+from dinosaw_deploy.files import fingerprint
 from dinosaw_deploy.image.reader import ImageReader
 from dinosaw_deploy.segment.segmenter import GrayImage, Segmenter
 from dinosaw_deploy.tiling.grid import TileGrid
@@ -93,8 +101,10 @@ class DaskTiles:
         markers = sink.partial.resolve() / MARKERS
         boxes = {block_name(b): b for b in feature_blocks(grid, self.block)}
         todo = _todo(markers, list(boxes))
-        job = FeatureJob(image=image_ref(source), engine=str(Path(extractor.model_path).resolve()),
-                         backend=self.backend, engine_batch=extractor.batch_size, threads=self.threads,
+        stamp = fingerprint(extractor.model_path)
+        job = FeatureJob(image=image_ref(source), engine=stamp["path"],
+                         engine_stamp=(stamp["bytes"], stamp["mtime_ns"]), backend=self.backend,
+                         engine_batch=extractor.batch_size, threads=self.threads,
                          grid=grid.to_dict(), intensity_range=tuple(intensity_range), batch=batch,
                          array=str(sink.partial.resolve() / ARRAY), markers=str(markers))
         stats = run_blocks(self.client, feature_block, job, [(n, b) for n, b in boxes.items() if n in todo],
@@ -111,17 +121,18 @@ class DaskTiles:
 
 class DaskExecutor:
     """The :class:`dinosaw_deploy.segment.run.Executor` of a cluster: ``segment_scan(...,
-    executor=DaskExecutor(client))``. ``block``: block edge in px; ``threads``: CPU threads per task
-    (ONNX Runtime, XGBoost); ``backend``: the engine backend on the workers."""
+    executor=DaskExecutor(client))``. ``block``: block edge in px (default: 2688 for features,
+    1024 for labels); ``threads``: CPU threads per task (ONNX Runtime, XGBoost); ``backend``: the
+    engine backend on the workers."""
 
-    def __init__(self, client: Any, *, block: int = DEFAULT_BLOCK, threads: int = 1, backend: str = "auto") -> None:
+    def __init__(self, client: Any, *, block: int | None = None, threads: int = 1, backend: str = "auto") -> None:
         self.client, self.block, self.threads, self.backend = client, block, threads, backend
         self.stats: dict[str, dict[str, Any]] = {}
 
     @property
     def runner(self) -> DaskTiles:
         """The ``extract_tiled`` runner with these settings."""
-        return DaskTiles(self.client, block=self.block, threads=self.threads, backend=self.backend)
+        return DaskTiles(self.client, block=self.block or DEFAULT_BLOCK, threads=self.threads, backend=self.backend)
 
     def extract(self, reader: ImageReader, extractor: FeatureExtractor, store: Path,
                 progress: Progress | None) -> None:
@@ -130,7 +141,8 @@ class DaskExecutor:
     def predict(self, seg: Segmenter, gray: GrayImage, grid: Any, targets: dict[str, Path], work: Path, *,
                 modal: int, crf: bool, echo: Callable[[str], None], progress: Progress | None) -> None:
         markers = work / "done" / MARKERS
-        groups = {block_name(extent(g)): g for g in label_blocks(tuple(gray.shape), seg.tile, self.block)}
+        groups = {block_name(extent(g)): g for g in label_blocks(tuple(gray.shape), seg.tile,
+                                                                           self.block or DEFAULT_LABEL_BLOCK)}
         todo = _todo(markers, list(groups))
         if len(todo) < len(groups):
             echo(f"{len(groups) - len(todo)} of {len(groups)} blocks already predicted")
@@ -152,7 +164,7 @@ class DaskExecutor:
 
 
 @contextmanager
-def cluster_executor(spec: str, *, block: int = DEFAULT_BLOCK, threads: int = 1,
+def cluster_executor(spec: str, *, block: int | None = None, threads: int = 1,
                      backend: str = "auto") -> Iterator[DaskExecutor]:
     """``connect(spec)`` and a :class:`DaskExecutor` on it, for the job's duration."""
     with connect(spec) as client:

@@ -29,9 +29,10 @@ from dinosaw_deploy.segment.segmenter import GrayImage, Segmenter
 from dinosaw_deploy.tiling.grid import Box, TileGrid
 from dinosaw_deploy.tiling.pipeline import peak_rss_mb as _ru_maxrss_mb
 from dinosaw_deploy.tiling.pipeline import tile_input
-from dinosaw_deploy.tiling.store import FeatureStore
+from dinosaw_deploy.tiling.store import CHUNK, FeatureStore
 
-_CACHE: dict[tuple, Any] = {}
+_CACHE: dict[tuple, Any] = {}  # engines and segmenters of this worker process, newest last
+_CACHE_SIZE = 4
 _LOCK = threading.Lock()
 
 
@@ -54,6 +55,7 @@ class FeatureJob:
 
     image: ImageRef
     engine: str
+    engine_stamp: tuple[int, int]  # (bytes, mtime_ns): a replaced engine file is reloaded
     backend: str
     engine_batch: int
     threads: int
@@ -83,12 +85,14 @@ class PredictJob:
 def _cached(key: tuple, make):
     with _LOCK:
         if key not in _CACHE:
+            while len(_CACHE) >= _CACHE_SIZE:
+                _CACHE.pop(next(iter(_CACHE)))
             _CACHE[key] = make()
         return _CACHE[key]
 
 
 def _engine(job: FeatureJob) -> FeatureExtractor:
-    key = ("engine", job.engine, job.backend, job.engine_batch, job.threads)
+    key = ("engine", job.engine, job.engine_stamp, job.backend, job.engine_batch, job.threads)
     return _cached(key, lambda: FeatureExtractor(job.engine, backend=job.backend, batch_size=job.engine_batch,
                                                  threads=job.threads))
 
@@ -154,8 +158,9 @@ def feature_block(job: FeatureJob, box: Box) -> dict[str, float]:
                 wsum[ys.start - r0 : ys.stop - r0, xs.start - c0 : xs.stop - c0] += w
             tiles += len(chunk)
     array = zarr.open_array(job.array, mode="r+")
-    acc /= wsum  # in place: the block's memory is this accumulator, its weights and the cast below
-    array[:, r0:r1, c0:c1] = acc.astype(array.dtype, copy=False)
+    acc /= wsum  # in place; cast and written one chunk row at a time: the block's memory is acc + wsum
+    for r in range(0, r1 - r0, CHUNK):
+        array[:, r0 + r : min(r0 + r + CHUNK, r1), c0:c1] = acc[:, r : r + CHUNK].astype(array.dtype, copy=False)
     _done(job.markers, block_name(box))
     return {"tiles": tiles, "seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb()}
 
