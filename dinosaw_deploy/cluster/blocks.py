@@ -34,21 +34,23 @@ def extent(boxes: list[Box]) -> Box:
     return (min(b[0] for b in boxes), max(b[1] for b in boxes), min(b[2] for b in boxes), max(b[3] for b in boxes))
 
 
-def _split(length: int, target: int, unit: int) -> int:
+def _split(length: int, target: int, unit: int, at_most: bool = False) -> int:
     """A step (multiple of ``unit``) cutting ``length`` into about ``length / target`` near-equal
-    parts: no thin last part (each block edge costs a recomputed tile row)."""
-    parts = max(1, round(length / max(target, 1)))
+    parts (no thin last part: each block edge costs a recomputed tile row); ``at_most``: parts no
+    longer than ``target`` (rounded up to ``unit``)."""
+    target = max(target, 1)
+    parts = max(1, -(-length // target) if at_most else round(length / target))
     return -(-(-(-length // parts)) // unit) * unit
 
 
 def feature_blocks(grid: TileGrid, block: int = DEFAULT_BLOCK, aspect: float = MAX_ASPECT) -> list[Box]:
     """Row-major chunk-aligned patch boxes covering the grid: about ``block`` px tall (at most 1.5x,
-    rounded up to the chunk), the full width up to ``aspect`` heights."""
+    rounded up to the chunk), at most ``aspect`` times that wide (the full width when it fits)."""
     if block < 1:
         raise DinosawError(f"block must be >= 1 px, got {block}")
     target = max(CHUNK, block // grid.patch_size)
     rows = _split(grid.grid_h, target, CHUNK)
-    cols = grid.grid_w if grid.grid_w <= aspect * target else _split(grid.grid_w, int(aspect * target), CHUNK)
+    cols = _split(grid.grid_w, int(aspect * target), CHUNK, at_most=True)
     return [(r, min(r + rows, grid.grid_h), c, min(c + cols, grid.grid_w))
             for r in range(0, grid.grid_h, rows) for c in range(0, grid.grid_w, cols)]
 
