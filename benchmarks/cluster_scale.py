@@ -159,6 +159,8 @@ def main() -> None:
     parser.add_argument("--stages", nargs="+", default=["segment", "features"], choices=["segment", "features"])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/dsw-cluster"))
     parser.add_argument("--engine", type=Path, default=None)
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
+                        help="configurations to run (the first is the ratios' baseline)")
     for name in ("child", "scan", "labels", "out", "address"):
         parser.add_argument(f"--{name}", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -171,7 +173,7 @@ def main() -> None:
         for stage in args.stages:
             suffix = ".zarr" if stage == "features" else ".ome.zarr"
             base = None
-            for config in CONFIGS:
+            for config in args.configs:
                 r = run(stage, config, scan, labels, engine, args.workdir / f"{stage}_{size}_{config}{suffix}")
                 base = base or r["seconds"]
                 line = (f"{size:4d} Mpx {stage:8s} {config:6s} wall {r['seconds']:7.1f} s ({r['seconds'] / base:5.2f}x)"
