@@ -106,7 +106,8 @@ def child(args: argparse.Namespace) -> None:
         stats = {"blocks": summary.get("blocks", 0), "stage_seconds": summary["seconds"],
                  "block_seconds": summary.get("block_seconds", 0.0), "tiles": summary["tiles_computed"]}
     else:
-        segment_scan(args.scan, args.labels, args.out, classifier=ClassifierParams(), threads=2, executor=executor)
+        segment_scan(args.scan, args.labels, args.out, classifier=ClassifierParams(), threads=2, executor=executor,
+                     overwrite=True)
         if executor:
             s = executor.stats["predict"]
             stats = {"blocks": s["blocks"], "stage_seconds": s["seconds"], "block_seconds": s["block_seconds"]}
