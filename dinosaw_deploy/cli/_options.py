@@ -1,6 +1,7 @@
 """Defaults and click options shared by the commands that run an engine."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import click
@@ -35,3 +36,24 @@ def open_engine(engine: Path | None, no_vit: bool, backend: str, required: bool 
             return None
         engine = DEFAULT_ENGINE
     return FeatureExtractor(engine, backend=backend)
+
+
+def cluster_options(command):
+    """``--cluster SPEC`` and ``--block PX`` (docs/cluster.md)."""
+    command = click.option("--block", type=click.IntRange(min=1), default=None,
+                           help="Block edge in px on a cluster, rounded to the chunk grid "
+                                "[features 2688, labels 1024].")(command)
+    return click.option("--cluster", default=None, metavar="SPEC",
+                        help="Run the blocks on dask.distributed: local[:N], tcp://HOST:PORT or slurm:CONFIG.yaml "
+                             "(needs the 'cluster' extra).")(command)
+
+
+def cluster_executor(cluster: str | None, block: int | None, threads: int | None, backend: str):
+    """A context giving the job's ``DaskExecutor`` for ``--cluster``, or None (dask not imported)."""
+    if cluster is None:
+        if block is not None:
+            raise DinosawError("--block applies with --cluster only")
+        return nullcontext()
+    from dinosaw_deploy.cluster import cluster_executor as start
+
+    return start(cluster, block=block, threads=threads or 1, backend=backend)

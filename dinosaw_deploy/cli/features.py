@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dinosaw_deploy.cli._options import DEFAULT_ENGINE, backend_option
+from dinosaw_deploy.cli._options import DEFAULT_ENGINE, backend_option, cluster_executor, cluster_options
 from dinosaw_deploy.cli._progress import TileProgress
 
 
@@ -36,9 +36,10 @@ from dinosaw_deploy.cli._progress import TileProgress
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @backend_option
+@cluster_options
 def features_command(image: Path, output: Path, engine: Path, intensity_range, intensity_percentiles, page, level,
                      crop_databar, tile, overlap, batch, dtype, merge, no_preview, as_json, overwrite,
-                     backend: str) -> None:
+                     backend: str, cluster: str | None, block: int | None) -> None:
     """Patch features of IMAGE: (C, H // 14, W // 14) as a chunked zarr store (.zarr) or a float32 .npy.
 
     A .zarr run streams the image tile by tile in bounded memory, shows progress, resumes where an
@@ -50,12 +51,12 @@ def features_command(image: Path, output: Path, engine: Path, intensity_range, i
     engine = engine or DEFAULT_ENGINE
     extractor = FeatureExtractor(engine, batch_size=batch or TILED_DEFAULTS["batch"], backend=backend)
     tiled = {"tile": tile, "overlap": overlap, "batch": batch, "dtype": dtype, "merge": merge}
-    with TileProgress(quiet=as_json) as progress:
+    with TileProgress(quiet=as_json) as progress, cluster_executor(cluster, block, None, backend) as executor:
         summary = extract_features(
             image, output, extractor, page=page, level=level, crop_databar=crop_databar, tiled=tiled,
             preview=not no_preview, intensity_range=tuple(intensity_range) if intensity_range else None,
             percentiles=tuple(intensity_percentiles) if intensity_percentiles else None, overwrite=overwrite,
-            progress=progress,
+            progress=progress, **({"runner": executor.runner} if executor else {}),
         )
     if as_json:
         click.echo(json.dumps(summary, indent=2))

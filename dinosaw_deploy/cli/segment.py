@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dinosaw_deploy.cli._options import backend_option, open_engine
+from dinosaw_deploy.cli._options import backend_option, cluster_executor, cluster_options, open_engine
 from dinosaw_deploy.cli._progress import TileProgress
 from dinosaw_deploy.errors import DinosawError
 
@@ -15,7 +15,8 @@ from dinosaw_deploy.errors import DinosawError
 @click.argument("image", type=click.Path(path_type=Path))
 @click.option("--labels", "labels_path", type=click.Path(path_type=Path), required=True,
               help="Scribbles: PNG/TIFF, 0 = unlabelled; classes 1..K, grey levels, or colours.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Label image (.ome.tif).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Label image (.ome.tif or .ome.zarr).")
 @click.option("--engine", type=click.Path(path_type=Path), default=None,
               help="Exported ALiBi-Dv2 (.onnx) for ViT features [engines/alibi_dv2_vits14.onnx if present].")
 @click.option("--no-vit", is_flag=True, help="Classical features only.")
@@ -34,10 +35,11 @@ from dinosaw_deploy.errors import DinosawError
 @click.option("--ground-truth", type=click.Path(path_type=Path), default=None,
               help="Dense label file (the scribbles' conventions): print mIoU and per-class IoU.")
 @backend_option
+@cluster_options
 def segment_command(image: Path, labels_path: Path, output: Path, engine: Path | None, no_vit: bool,
                     save_model: Path | None, probabilities: bool, modal: int, crf: bool, contrast: str, rounds: int,
                     max_depth: int, device: str, threads: int | None, overwrite: bool, ground_truth: Path | None,
-                    backend: str) -> None:
+                    backend: str, cluster: str | None, block: int | None) -> None:
     """Train on the scribbled pixels of IMAGE and segment all of it into a pyramidal OME-TIFF."""
     from dinosaw_deploy.segment.classifier import ClassifierParams
     from dinosaw_deploy.segment.run import segment_scan
@@ -47,19 +49,21 @@ def segment_command(image: Path, labels_path: Path, output: Path, engine: Path |
     for path in (image, labels_path, *([ground_truth] if ground_truth else [])):  # before the engine's notice
         if not path.is_file():
             raise DinosawError(f"not found: {path}")
-    with TileProgress() as progress:
+    with TileProgress() as progress, cluster_executor(cluster, block, threads, backend) as executor:
         segment_scan(image, labels_path, output, extractor=open_engine(engine, no_vit, backend), save_model=save_model,
                      probabilities=probabilities, modal=modal, crf=crf, contrast=contrast,
                      classifier=ClassifierParams(rounds=rounds, max_depth=max_depth), device=device,
                      threads=threads, overwrite=overwrite, ground_truth=ground_truth, echo=click.echo,
-                     progress=progress)
+                     progress=progress, executor=executor)
 
 
 @click.command("apply")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--model", "model_path", type=click.Path(path_type=Path), required=True, help="Trained model (.dsw).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
-              help="Label image (.ome.tif) for one image; a folder (gets <name>.ome.tif per image) for several.")
+              help="Label image (.ome.tif or .ome.zarr) for one image; a folder (gets <name>.ome.tif per image; "
+                   "an existing one, or OUT/ with a slash, for one image) "
+                   "for several.")
 @click.option("--engine", type=click.Path(path_type=Path), default=None,
               help="The engine the model was trained with (ViT models) [engines/alibi_dv2_vits14.onnx].")
 @click.option("--probabilities", is_flag=True, help="Also write per-class probabilities (*.probabilities.ome.tif).")
@@ -70,9 +74,10 @@ def segment_command(image: Path, labels_path: Path, output: Path, engine: Path |
 @click.option("--ground-truth", "ground_truths", multiple=True, type=click.Path(path_type=Path),
               help="Dense label file per image, in the images' order: print mIoU and per-class IoU.")
 @backend_option
+@cluster_options
 def apply_command(images: tuple[Path, ...], model_path: Path, output: Path, engine: Path | None, probabilities: bool,
                   modal: int, crf: bool, threads: int | None, overwrite: bool, ground_truths: tuple[Path, ...],
-                  backend: str) -> None:
+                  backend: str, cluster: str | None, block: int | None) -> None:
     """Segment one or more IMAGES with a model saved by `fit` or `segment --save-model`."""
     from dinosaw_deploy.segment.bundle import load_bundle
     from dinosaw_deploy.segment.run import apply_scans
@@ -81,7 +86,7 @@ def apply_command(images: tuple[Path, ...], model_path: Path, output: Path, engi
         if not path.is_file():
             raise DinosawError(f"not found: {path}")
     uses_vit = load_bundle(model_path).config.get("vit") is not None
-    with TileProgress() as progress:
+    with TileProgress() as progress, cluster_executor(cluster, block, threads, backend) as executor:
         apply_scans(images, model_path, output, ground_truths=ground_truths, overwrite=overwrite, echo=click.echo,
                     extractor=open_engine(engine, not uses_vit, backend, required=True), probabilities=probabilities,
-                    modal=modal, crf=crf, threads=threads, progress=progress)
+                    modal=modal, crf=crf, threads=threads, progress=progress, executor=executor)

@@ -1,4 +1,4 @@
-"""The segment and apply jobs on files: scribbles -> model -> pyramidal OME-TIFF, resumable.
+"""The segment and apply jobs on files: scribbles -> model -> pyramidal OME-TIFF or OME-Zarr, resumable.
 
 Both run tile by tile in bounded memory and resume after a kill: the work folder
 ``<output>.work/`` holds the ViT feature store, the trained model and the finished prediction
@@ -17,6 +17,8 @@ Each run prints the per-class pixel fractions of its result, and with ``ground_t
 label file) the per-class IoU and mIoU, counted strip by strip.
 
 ``echo(message)`` receives progress lines, ``progress(done, total)`` the tile counts of each stage.
+An ``executor`` (:class:`Executor`, e.g. ``dinosaw_deploy.cluster.DaskExecutor``) runs the two
+tiled stages (features, prediction) elsewhere; fitting and the output files stay here.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -44,6 +46,7 @@ from dinosaw_deploy.files import (
     remove_owned,
 )
 from dinosaw_deploy.image.ome_writer import write_ome_pyramid
+from dinosaw_deploy.image.ome_zarr import build_levels, create_ome_zarr, publish
 from dinosaw_deploy.image.reader import ImageReader, open_image
 from dinosaw_deploy.segment.classifier import ClassifierParams
 from dinosaw_deploy.segment.contrast import ClaheConfig
@@ -65,6 +68,19 @@ PREVIEW_SIZE = 1024
 RUN_FILE = "run.json"
 Echo = Callable[[str], None]
 Progress = Callable[[int, int], None]
+SUFFIXES = (".ome.tif", ".ome.tiff", ".ome.zarr")
+
+
+class Executor(Protocol):
+    """Runs the tiled stages of a job (default: in this process)."""
+
+    def extract(self, reader: ImageReader, extractor: FeatureExtractor, store: Path,
+                progress: Progress | None) -> None:
+        """Write ``reader``'s feature store to ``store``, as ``extract_tiled`` with its defaults does."""
+
+    def predict(self, seg: Segmenter, gray: GrayImage, grid: PatchGrid | None, targets: dict[str, Path],
+                work: Path, *, modal: int, crf: bool, echo: Echo, progress: Progress | None) -> None:
+        """Predict every tile of ``seg.tile`` into the zarr arrays ``targets`` (labels, probabilities)."""
 
 
 @dataclass
@@ -79,18 +95,19 @@ class ScanResult:
 
 
 def output_paths(output: str | os.PathLike, probabilities: bool) -> dict[str, Path]:
-    """The files a run writes: labels (``X.ome.tif``), preview PNG, optional probabilities."""
+    """The files a run writes: labels (``X.ome.tif`` or ``X.ome.zarr``), preview PNG, optional probabilities."""
     output = Path(output)
     name = output.name
-    for suffix in (".ome.tif", ".ome.tiff"):
+    for suffix in SUFFIXES:
         if name.lower().endswith(suffix):
             stem = name[: -len(suffix)]
             break
     else:
-        raise DinosawError(f"output must end in .ome.tif or .ome.tiff, got {output.name}")
+        raise DinosawError(f"output must end in .ome.tif, .ome.tiff or .ome.zarr, got {output.name}")
     paths = {"labels": output, "preview": output.with_name(f"{stem}.preview.png")}
     if probabilities:
-        paths["probabilities"] = output.with_name(f"{stem}.probabilities.ome.tif")
+        kind = ".ome.zarr" if suffix == ".ome.zarr" else ".ome.tif"
+        paths["probabilities"] = output.with_name(f"{stem}.probabilities{kind}")
     return paths
 
 
@@ -118,30 +135,62 @@ def _work_dir(output: Path, run: dict[str, Any], inputs: list[Path], echo: Echo)
 
 
 def _patch_grid(reader: ImageReader, extractor: FeatureExtractor | None, work: Path, echo: Echo,
-                progress: Progress | None, name: str = "features.zarr") -> PatchGrid | None:
+                progress: Progress | None, name: str = "features.zarr",
+                executor: Executor | None = None) -> PatchGrid | None:
     """The image's stitched ViT features (resumable store ``name`` in the work folder), or None."""
     if extractor is None:
         return None
     store = work / name
     if not store.is_dir():
         echo("computing ViT patch features ...")
-        extract_tiled(reader, extractor, store, progress=progress)
+        if executor is not None:
+            executor.extract(reader, extractor, store, progress)
+        else:
+            extract_tiled(reader, extractor, store, progress=progress)
     return FeatureStore.open(store)
 
 
-def _predict(seg: Segmenter, gray: GrayImage, grid: PatchGrid | None, work: Path, *, modal: int, crf: bool,
-             probabilities: bool, echo: Echo, progress: Progress | None):
-    """Predict every tile not yet done into zarr arrays in ``work``; returns (labels, probabilities|None)."""
+def _targets(paths: dict[str, Path], seg: Segmenter, shape: tuple[int, int], pixel_size, work: Path) -> dict[str, Path]:
+    """The level-0 zarr arrays in ``work`` that prediction fills (created on the first run): OME-Zarr
+    groups for ``.ome.zarr`` outputs (finished in place), plain arrays converted to OME-TIFF."""
     import zarr
 
-    k = len(seg.label_classes)
+    k, tile = len(seg.label_classes), seg.tile
+    shapes = {"labels": shape, "probabilities": (k, *shape)}
+    targets, created = {}, False
+    for key in ("labels", "probabilities"):
+        if key not in paths:
+            continue
+        if paths[key].name.lower().endswith(".ome.zarr"):
+            group = work / f"{key}.ome.zarr"
+            if not group.is_dir():
+                names = [c.name for c in seg.label_classes] if key == "probabilities" else None
+                fresh = create_ome_zarr(work / f"{key}.new", shapes[key], chunk=tile, pixel_size=pixel_size,
+                                        channel_names=names, name=paths[key].name)
+                os.replace(fresh, group)
+                created = True
+            targets[key] = group / "0"
+        else:
+            targets[key] = work / f"{key}.zarr"
+            lead = (1,) if key == "probabilities" else ()
+            zarr.open_array(targets[key], mode="a", shape=shapes[key], chunks=(*lead, tile, tile), dtype="uint8",
+                            fill_value=0)
+    if created:  # markers of tiles written into an earlier copy (published, then the job was cut) are void
+        shutil.rmtree(work / "done", ignore_errors=True)
+    return targets
+
+
+def _predict(seg: Segmenter, gray: GrayImage, grid: PatchGrid | None, work: Path, targets: dict[str, Path], *,
+             modal: int, crf: bool, echo: Echo, progress: Progress | None, executor: Executor | None = None):
+    """Predict every tile not yet done into the arrays ``targets``; returns (labels, probabilities|None)."""
+    import zarr
+
     shape, tile = tuple(gray.shape), seg.tile
-    chunks = (tile, tile)
-    labels = zarr.open_array(work / "labels.zarr", mode="a", shape=shape, chunks=chunks, dtype="uint8", fill_value=0)
-    probs = None
-    if probabilities:
-        probs = zarr.open_array(work / "probabilities.zarr", mode="a", shape=(k, *shape), chunks=(1, *chunks),
-                                dtype="uint8", fill_value=0)
+    labels = zarr.open_array(targets["labels"], mode="r+")
+    probs = zarr.open_array(targets["probabilities"], mode="r+") if "probabilities" in targets else None
+    if executor is not None:
+        executor.predict(seg, gray, grid, targets, work, modal=modal, crf=crf, echo=echo, progress=progress)
+        return labels, probs
     done = work / "done"
     done.mkdir(exist_ok=True)
     boxes = tile_boxes(shape, tile)
@@ -149,16 +198,23 @@ def _predict(seg: Segmenter, gray: GrayImage, grid: PatchGrid | None, work: Path
     if len(todo) < len(boxes):
         echo(f"{len(boxes) - len(todo)} of {len(boxes)} tiles already predicted")
     echo(f"predicting {len(todo)} tiles ...")
-    for count, ((y0, y1, x0, x1), tile_labels, tile_probs) in enumerate(
+    for count, (box, tile_labels, tile_probs) in enumerate(
         seg.predict_tiles(gray, todo, grid, modal=modal, crf=crf), start=1
     ):
-        labels[y0:y1, x0:x1] = tile_labels
-        if probs is not None:
-            probs[:, y0:y1, x0:x1] = np.rint(tile_probs * 255).astype(np.uint8)
-        (done / f"{y0}_{x0}").touch()
+        write_tile(labels, probs, box, tile_labels, tile_probs)
+        (done / f"{box[0]}_{box[2]}").touch()
         if progress:
             progress(count, len(todo))
     return labels, probs
+
+
+def write_tile(labels, probs, box: tuple[int, int, int, int], tile_labels: np.ndarray,
+               tile_probs: np.ndarray) -> None:
+    """Store one predicted tile: labels as they are, probabilities as uint8 (x 255, rounded)."""
+    y0, y1, x0, x1 = box
+    labels[y0:y1, x0:x1] = tile_labels
+    if probs is not None:
+        probs[:, y0:y1, x0:x1] = np.rint(tile_probs * 255).astype(np.uint8)
 
 
 def _preview(path: Path, gray: GrayImage, labels, classes: list[LabelClass], scribbles: Scribbles | None = None
@@ -233,18 +289,26 @@ def _quality(labels, classes: list[LabelClass], ground_truth: Path | None, echo:
     return quality
 
 
+def _write(path: Path, array, target: Path, pixel_size, names: list[str] | None) -> None:
+    """Finish an OME-Zarr target in place (pyramid levels, then rename) or convert it to OME-TIFF."""
+    if path.name.lower().endswith(".ome.zarr"):
+        build_levels(target.parent)
+        publish(target.parent, path)
+    else:
+        write_ome_pyramid(path, array, pixel_size=pixel_size, channel_names=names, name=path.name)
+
+
 def _write_outputs(paths: dict[str, Path], seg: Segmenter, gray: GrayImage, reader: ImageReader, labels, probs,
-                   echo: Echo, scribbles: Scribbles | None = None) -> None:
+                   targets: dict[str, Path], echo: Echo, scribbles: Scribbles | None = None) -> None:
     pixel_size = reader.info.pixel_size
     names = [c.name for c in seg.label_classes]
-    write_ome_pyramid(paths["labels"], labels, pixel_size=pixel_size, name=paths["labels"].name)
-    echo(f"wrote {paths['labels']} ({labels.shape[0]}x{labels.shape[1]} uint8 classes 1..{len(names)}, "
-         f"pixel size {pixel_size or 'unknown'})")
     if probs is not None:
-        write_ome_pyramid(paths["probabilities"], probs, pixel_size=pixel_size, channel_names=names,
-                          name=paths["probabilities"].name)
+        _write(paths["probabilities"], probs, targets["probabilities"], pixel_size, names)
         echo(f"wrote {paths['probabilities']} (per-class probability x 255)")
     _preview(paths["preview"], gray, labels, seg.label_classes, scribbles)
+    _write(paths["labels"], labels, targets["labels"], pixel_size, None)
+    echo(f"wrote {paths['labels']} ({labels.shape[0]}x{labels.shape[1]} uint8 classes 1..{len(names)}, "
+         f"pixel size {pixel_size or 'unknown'})")
     echo(f"wrote {paths['preview']}")
 
 
@@ -253,7 +317,7 @@ def _run(image: Path, output: Path, inputs: list[Path], options: dict[str, Any],
          get_segmenter: Callable[[Path], Segmenter], train: Callable[..., None] | None,
          extractor: FeatureExtractor | None, echo: Echo, progress: Progress | None,
          check: Callable[[ImageReader], Any] | None = None,
-         ground_truth: Path | None = None) -> tuple[Path, ScanResult]:
+         ground_truth: Path | None = None, executor: Executor | None = None) -> tuple[Path, ScanResult]:
     """Shared body of segment/apply: returns the work folder (removed by the caller when done).
     ``check(reader)`` validates inputs against the image before any expensive work; its result
     (the scribbles, for segment) goes to ``train`` and the preview."""
@@ -275,12 +339,13 @@ def _run(image: Path, output: Path, inputs: list[Path], options: dict[str, Any],
         work = _work_dir(output, run, inputs, echo)
         seg = get_segmenter(work)
         gray = seg.gray_image(reader)
-        grid = _patch_grid(reader, extractor, work, echo, progress)
+        grid = _patch_grid(reader, extractor, work, echo, progress, executor=executor)
         if seg.booster is None:
             train(seg, gray, grid, work, checked)
-        labels, probs = _predict(seg, gray, grid, work, modal=modal, crf=crf, probabilities=probabilities,
-                                 echo=echo, progress=progress)
-        _write_outputs(paths, seg, gray, reader, labels, probs, echo, checked)
+        targets = _targets(paths, seg, tuple(reader.shape), reader.info.pixel_size, work)
+        labels, probs = _predict(seg, gray, grid, work, targets, modal=modal, crf=crf, echo=echo, progress=progress,
+                                 executor=executor)
+        _write_outputs(paths, seg, gray, reader, labels, probs, targets, echo, checked)
         quality = _quality(labels, seg.label_classes, ground_truth, echo)
         result = ScanResult(paths, list(seg.label_classes), tuple(reader.shape), reader.info.pixel_size, quality)
     return work, result
@@ -304,9 +369,10 @@ def segment_scan(
     ground_truth: str | os.PathLike | None = None,
     echo: Echo = lambda message: None,
     progress: Progress | None = None,
+    executor: Executor | None = None,
 ) -> ScanResult:
-    """Train on the scribbled pixels of ``image`` and segment all of it into ``output`` (.ome.tif);
-    with ``ground_truth`` (a dense label file) also report per-class IoU and mIoU."""
+    """Train on the scribbled pixels of ``image`` and segment all of it into ``output`` (.ome.tif or
+    .ome.zarr); with ``ground_truth`` (a dense label file) also report per-class IoU and mIoU."""
     image, labels, output = Path(image), Path(labels), Path(output)
     ground_truth = None if ground_truth is None else Path(ground_truth)
     save_model = None if save_model is None else Path(save_model)
@@ -339,7 +405,8 @@ def segment_scan(
         work, result = _run(image, output, inputs, options, overwrite=overwrite, probabilities=probabilities,
                             modal=modal, crf=crf, extra_outputs=extra, get_segmenter=get_segmenter, train=train,
                             extractor=extractor, echo=echo, progress=progress,
-                            check=lambda reader: load_scribbles(labels, reader.shape), ground_truth=ground_truth)
+                            check=lambda reader: load_scribbles(labels, reader.shape), ground_truth=ground_truth,
+                            executor=executor)
         if save_model is not None:
             with atomic_path(save_model) as tmp:
                 shutil.copyfile(work / "model.dsw", tmp)
@@ -363,6 +430,7 @@ def apply_scan(
     ground_truth: str | os.PathLike | None = None,
     echo: Echo = lambda message: None,
     progress: Progress | None = None,
+    executor: Executor | None = None,
 ) -> ScanResult:
     """Segment ``image`` with a model saved by :func:`segment_scan` (``save_model``), :func:`fit_scans`
     or :meth:`Segmenter.save`; with ``ground_truth`` also report per-class IoU and mIoU."""
@@ -380,7 +448,7 @@ def apply_scan(
         work, result = _run(image, output, inputs, options, overwrite=overwrite, probabilities=probabilities,
                             modal=modal, crf=crf, extra_outputs=[], get_segmenter=lambda _: seg, train=None,
                             extractor=seg.extractor, echo=echo, progress=progress,
-                            ground_truth=ground_truth)
+                            ground_truth=ground_truth, executor=executor)
         remove_owned(work, inputs)
     return result
 
@@ -445,7 +513,7 @@ def fit_scans(
 def scan_stem(image: Path) -> str:
     """``a.ome.tif`` / ``a.tif`` / ``a.png`` -> ``a``: the name of an image's outputs in a folder."""
     name = image.name
-    for suffix in (".ome.tiff", ".ome.tif"):
+    for suffix in SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return image.stem
@@ -461,19 +529,22 @@ def apply_scans(
     echo: Echo = lambda message: None,
     **options: Any,
 ) -> list[ScanResult]:
-    """Segment several images with one model. ``output`` is a file (``.ome.tif``) for one image, else a
-    folder that receives ``<stem>.ome.tif`` per image. Resumable per image: an image whose outputs
-    all exist (and have no unfinished work folder) is skipped; ``ground_truths`` pairs with ``images``.
-    ``options`` go to :func:`apply_scan`."""
+    """Segment several images with one model. ``output`` is a file (``.ome.tif``, ``.ome.zarr``) for one
+    image, else a folder (existing, or named with a trailing ``/``, for one image) that receives
+    ``<stem>.ome.tif`` per image. Resumable per image: an image whose outputs all exist (and have no
+    unfinished work folder) is skipped; ``ground_truths`` pairs with ``images``. ``options`` go to
+    :func:`apply_scan`."""
+    as_folder = len(images) > 1 or str(output).endswith(("/", os.sep)) or Path(output).is_dir()
     images, output = [Path(i) for i in images], Path(output)
     if not images:
         raise DinosawError("no images to segment")
     if ground_truths and len(ground_truths) != len(images):
         raise DinosawError(f"{len(ground_truths)} ground truths for {len(images)} images; pass one per image")
     truths = [Path(t) for t in ground_truths] or [None] * len(images)
-    if output.name.lower().endswith((".ome.tif", ".ome.tiff")):
+    if output.name.lower().endswith(SUFFIXES) or not as_folder:
         if len(images) > 1:
             raise DinosawError(f"{len(images)} images need an output folder, not the file {output.name}")
+        output_paths(output, options.get("probabilities", False))  # a file name we can write, or a clear error
         targets = [output]
     else:
         if output.exists() and not output.is_dir():

@@ -185,10 +185,12 @@ def extract_tiled(
     intensity_range: tuple[float, float] | None = None,
     percentiles: tuple[float, float] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    runner: Callable[..., dict[str, Any]] = run_tiles,
 ) -> dict[str, Any]:
     """Write the (C, H // 14, W // 14) feature map of ``reader``'s image to the zarr store ``output``,
     resuming a matching unfinished run. Returns the run summary (tiles, tiles/s, engine-busy
-    fraction, peak RSS...)."""
+    fraction, peak RSS...). ``runner`` computes the tiles into the store (same signature as
+    :func:`run_tiles`, the default; ``dinosaw_deploy.cluster.DaskTiles`` runs them on a cluster)."""
     if dtype not in DTYPES:
         raise DinosawError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     output = Path(output)
@@ -209,7 +211,7 @@ def extract_tiled(
             attrs={"image": image, "intensity_range": lo_hi, "engine": engine, "dtype": dtype},
             run=run,
         )
-        stats = run_tiles(reader, extractor, grid, writer, lo_hi, batch=batch, progress=progress)
+        stats = runner(reader, extractor, grid, writer, lo_hi, batch=batch, progress=progress)
     seconds, computed = stats["seconds"], stats["tiles_computed"]
     return {
         "output": str(output),
@@ -229,4 +231,5 @@ def extract_tiled(
         "tiles_per_s": computed / seconds if seconds > 0 else 0.0,
         "engine_busy": stats["engine_seconds"] / seconds if seconds > 0 else 0.0,
         "peak_rss_mb": peak_rss_mb(),
+        **stats.get("extra", {}),
     }

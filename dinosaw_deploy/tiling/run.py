@@ -19,7 +19,7 @@ from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.files import atomic_path, atomic_write_bytes, check_output, output_lock
 from dinosaw_deploy.image.intensity import fit_intensity_range
 from dinosaw_deploy.image.reader import ImageReader, open_image
-from dinosaw_deploy.tiling.pipeline import extract_tiled, tile_input
+from dinosaw_deploy.tiling.pipeline import extract_tiled, run_tiles, tile_input
 from dinosaw_deploy.tiling.preview import preview_path, write_preview
 from dinosaw_deploy.tiling.store import FeatureStore
 
@@ -40,9 +40,11 @@ def extract_features(
     percentiles: tuple[float, float] | None = None,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    runner: Callable[..., dict[str, Any]] = run_tiles,
 ) -> dict[str, Any]:
     """Patch features of ``image`` into ``output``: ``.zarr`` (tiled, resumable, any size; ``tiled`` may set
-    tile/overlap/batch/dtype/merge) or ``.npy`` (one whole-image pass, small images). Returns the run summary."""
+    tile/overlap/batch/dtype/merge) or ``.npy`` (one whole-image pass, small images). Returns the run summary.
+    ``runner`` computes the store's tiles (default here; a cluster's, e.g. ``DaskTiles``, elsewhere)."""
     image, output = Path(image), Path(output)
     tiled = {k: v for k, v in (tiled or {}).items() if v is not None}
     unknown = set(tiled) - set(TILED_DEFAULTS)
@@ -53,6 +55,8 @@ def extract_features(
         raise DinosawError(f"output must end in .zarr (tiled) or .npy (whole image), got {output.name}")
     if suffix == ".npy" and (tiled or not preview):
         raise DinosawError("--tile/--overlap/--batch/--dtype/--merge/--no-preview apply to .zarr outputs only")
+    if suffix == ".npy" and runner is not run_tiles:
+        raise DinosawError("--cluster writes a .zarr feature store; a .npy is one pass in this process")
     if intensity_range and percentiles:
         raise DinosawError("give --intensity-range or --intensity-percentiles, not both")
     outputs = [output]
@@ -68,7 +72,8 @@ def extract_features(
         options = {**TILED_DEFAULTS, **tiled}
         summary = extract_tiled(reader, extractor, output, tile=options["tile"], overlap=options["overlap"],
                                 window=options["merge"], batch=options["batch"], dtype=options["dtype"],
-                                intensity_range=intensity_range, percentiles=percentiles, progress=progress)
+                                intensity_range=intensity_range, percentiles=percentiles, progress=progress,
+                                runner=runner)
         if preview:
             summary["preview"] = str(write_preview(FeatureStore.open(output), preview_path(output)))
     return summary

@@ -244,6 +244,15 @@ class FeatureStoreWriter:
             raise self._write_error(exc) from None
         self._pending = [block[:, n:]] if block.shape[1] > n else []
 
+    def mark_written(self) -> None:
+        """Record every row as on disk: for runs that wrote the array directly, block by block
+        (``dinosaw_deploy.cluster``), before :meth:`finish`."""
+        self.rows_done = self._next = self.grid.grid_h
+        try:
+            self._group.attrs["progress"] = self._progress()
+        except OSError as exc:
+            raise self._write_error(exc) from None
+
     def finish(self) -> Path:
         """Mark the store complete and move it to its final name (replacing an old one)."""
         if self.rows_done != self.grid.grid_h:

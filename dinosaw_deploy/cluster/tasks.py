@@ -1,0 +1,183 @@
+"""What a worker runs: one block, a pure function of (image region, fitted state), written
+chunk-aligned into a zarr array, then a done-marker.
+
+The fitted state (:class:`FeatureJob`, :class:`PredictJob`) is scattered to every worker once; a
+worker opens the image itself (a path on a filesystem it shares with the client) and keeps the
+engine and the segmenter it loads in this process (:data:`_CACHE`), so a block costs its compute
+and its writes only. A marker is written only after the block's data, so a rerun skips exactly the
+blocks that are on disk; a block cut short by a killed worker has no marker and is redone.
+"""
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dinosaw_deploy.cluster.blocks import block_batches, block_name, extent
+from dinosaw_deploy.engine.extractor import FeatureExtractor
+from dinosaw_deploy.errors import DinosawError
+from dinosaw_deploy.image.reader import open_image
+from dinosaw_deploy.segment.contrast import Clahe
+from dinosaw_deploy.segment.run import write_tile
+from dinosaw_deploy.segment.segmenter import GrayImage, Segmenter
+from dinosaw_deploy.tiling.grid import Box, TileGrid
+from dinosaw_deploy.tiling.pipeline import peak_rss_mb as _ru_maxrss_mb
+from dinosaw_deploy.tiling.pipeline import tile_input
+from dinosaw_deploy.tiling.store import CHUNK, FeatureStore
+
+_CACHE: dict[tuple, Any] = {}  # engines and segmenters of this worker process, newest last
+_CACHE_SIZE = 4
+_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """How a worker opens the image: ``open_image(path, page=, level=, crop_databar=)``."""
+
+    path: str
+    page: int = 0
+    level: int = 0
+    crop_databar: bool = False
+
+    def open(self):
+        return open_image(self.path, page=self.page, level=self.level, crop_databar=self.crop_databar)
+
+
+@dataclass(frozen=True)
+class FeatureJob:
+    """Everything a feature block needs besides its box."""
+
+    image: ImageRef
+    engine: str
+    engine_stamp: tuple[int, int]  # (bytes, mtime_ns): a replaced engine file is reloaded
+    backend: str
+    engine_batch: int
+    threads: int
+    grid: dict[str, Any]
+    intensity_range: tuple[float, float]
+    batch: int
+    array: str  # the store's features array
+    markers: str
+
+
+@dataclass(frozen=True)
+class PredictJob:
+    """Everything a label block needs besides its tiles: the model as ``.dsw`` bytes."""
+
+    image: ImageRef
+    bundle: bytes
+    threads: int
+    intensity_range: tuple[float, float]
+    contrast: Clahe | None
+    store: str | None  # the ViT feature store, for ViT models
+    modal: int
+    crf: bool
+    targets: dict[str, str]  # labels / probabilities zarr arrays
+    markers: str
+
+
+def _cached(key: tuple, make):
+    with _LOCK:
+        if key not in _CACHE:
+            while len(_CACHE) >= _CACHE_SIZE:
+                _CACHE.pop(next(iter(_CACHE)))
+            _CACHE[key] = make()
+        return _CACHE[key]
+
+
+def _engine(job: FeatureJob) -> FeatureExtractor:
+    key = ("engine", job.engine, job.engine_stamp, job.backend, job.engine_batch, job.threads)
+    return _cached(key, lambda: FeatureExtractor(job.engine, backend=job.backend, batch_size=job.engine_batch,
+                                                 threads=job.threads))
+
+
+def _segmenter(job: PredictJob) -> Segmenter:
+    digest = hashlib.sha256(job.bundle).hexdigest()
+
+    def load() -> Segmenter:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.dsw"
+            path.write_bytes(job.bundle)
+            return Segmenter.load(path, threads=job.threads)
+
+    return _cached(("segmenter", digest, job.threads), load)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory, MiB: ``VmHWM`` (reset by exec, unlike ``ru_maxrss``,
+    which a spawned worker inherits from the client that forked it), else ``ru_maxrss``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return _ru_maxrss_mb()
+
+
+def _done(markers: str, name: str) -> None:
+    Path(markers, name).touch()
+
+
+def feature_block(job: FeatureJob, box: Box) -> dict[str, float]:
+    """Stitched (C, r1-r0, c1-c0) features of patch box ``box``, written into ``job.array``."""
+    import zarr
+
+    started = time.perf_counter()
+    grid = TileGrid.from_dict(job.grid)
+    fx = _engine(job)
+    p = grid.patch_size
+    r0, r1, c0, c1 = box
+    acc = np.zeros((fx.embed_dim, r1 - r0, c1 - c0), np.float32)
+    wsum = np.zeros((r1 - r0, c1 - c0), np.float32)
+    th, tw = grid.tile_h * p, grid.tile_w * p
+    tiles = 0
+    with job.image.open() as reader:
+        for chunk in block_batches(grid, box, job.batch):
+            x_lo = chunk[0].x0 * p
+            band = reader.read_region(chunk[0].y0 * p, x_lo, th, chunk[-1].x0 * p + tw - x_lo)
+            inputs = np.stack([tile_input(band[:, t.x0 * p - x_lo : t.x0 * p - x_lo + tw], fx, job.intensity_range)
+                               for t in chunk])
+            if not np.isfinite(inputs).all():
+                raise DinosawError(f"block {block_name(box)}: tile row {chunk[0].row} contains NaN or infinite "
+                                   "pixel values")
+            for t, f in zip(chunk, fx.run(inputs)):
+                ys = slice(max(t.y0, r0), min(t.y0 + grid.tile_h, r1))
+                xs = slice(max(t.x0, c0), min(t.x0 + grid.tile_w, c1))
+                if ys.start >= ys.stop or xs.start >= xs.stop:
+                    continue
+                w = grid.weights(t)[ys.start - t.y0 : ys.stop - t.y0, xs.start - t.x0 : xs.stop - t.x0]
+                f = f[:, ys.start - t.y0 : ys.stop - t.y0, xs.start - t.x0 : xs.stop - t.x0]
+                acc[:, ys.start - r0 : ys.stop - r0, xs.start - c0 : xs.stop - c0] += f * w
+                wsum[ys.start - r0 : ys.stop - r0, xs.start - c0 : xs.stop - c0] += w
+            tiles += len(chunk)
+    array = zarr.open_array(job.array, mode="r+")
+    acc /= wsum  # in place; cast and written one chunk row at a time: the block's memory is acc + wsum
+    for r in range(0, r1 - r0, CHUNK):
+        array[:, r0 + r : min(r0 + r + CHUNK, r1), c0:c1] = acc[:, r : r + CHUNK].astype(array.dtype, copy=False)
+    _done(job.markers, block_name(box))
+    return {"tiles": tiles, "seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb()}
+
+
+def predict_block(job: PredictJob, boxes: list[Box]) -> dict[str, float]:
+    """Labels (and probabilities) of the prediction tiles ``boxes``, written into ``job.targets``."""
+    import zarr
+
+    started = time.perf_counter()
+    seg = _segmenter(job)
+    grid = FeatureStore.open(job.store) if job.store else None
+    labels = zarr.open_array(job.targets["labels"], mode="r+")
+    probs = zarr.open_array(job.targets["probabilities"], mode="r+") if "probabilities" in job.targets else None
+    with job.image.open() as reader:
+        gray = GrayImage(reader, job.intensity_range, job.contrast)
+        for box, tile_labels, tile_probs in seg.predict_tiles(gray, boxes, grid, modal=job.modal, crf=job.crf):
+            write_tile(labels, probs, box, tile_labels, tile_probs)
+    _done(job.markers, block_name(extent(boxes)))
+    return {"tiles": len(boxes), "seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb()}
+
