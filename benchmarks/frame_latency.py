@@ -37,7 +37,6 @@ from dinosaw_deploy.live import LiveProcessor
 from dinosaw_deploy.segment.classifier import ClassifierParams
 from dinosaw_deploy.segment.segmenter import Segmenter
 from dinosaw_deploy.synthetic import synthetic_micrograph, synthetic_scribbles
-from dinosaw_deploy.tiling.grid import tile_boxes
 from dinosaw_deploy.tiling.pipeline import peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,10 +101,7 @@ def bare_work(seg: Segmenter, image: np.ndarray) -> tuple[float, float, object]:
     t0 = time.perf_counter()
     grid = seg.patch_grid(image)
     t1 = time.perf_counter()
-    gray = seg.gray_image(image)
-    labels = np.empty(gray.shape, np.uint8)
-    for (y0, y1, x0, x1), tile_labels, _ in seg.predict_tiles(gray, tile_boxes(gray.shape, seg.tile), grid):
-        labels[y0:y1, x0:x1] = tile_labels
+    labels = seg.predict(image, grid=grid)
     np.bincount(labels.ravel(), minlength=len(seg.label_classes) + 1)
     return (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3, grid
 

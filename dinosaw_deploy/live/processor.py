@@ -30,7 +30,6 @@ from dinosaw_deploy.engine.extractor import FeatureExtractor
 from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.image.reader import to_channels_last
 from dinosaw_deploy.segment.segmenter import Segmenter
-from dinosaw_deploy.tiling.grid import tile_boxes
 from dinosaw_deploy.tiling.pipeline import patch_features
 
 log = logging.getLogger(__name__)
@@ -250,12 +249,9 @@ class LiveProcessor:
             features = patch_features(frame, self.target)
             return FrameResult(None, features, meta, {"features": (time.perf_counter() - t0) * 1e3, "classify": 0.0})
         seg = self.target
-        grid = seg.patch_grid(frame)  # as Segmenter.predict: same tiles, intensity rule and merge
+        grid = seg.patch_grid(frame)  # the engine stage, timed apart; then exactly Segmenter.predict
         t1 = time.perf_counter()
-        gray = seg.gray_image(frame)
-        labels = np.empty(gray.shape, np.uint8)
-        for (y0, y1, x0, x1), tile_labels, _ in seg.predict_tiles(gray, tile_boxes(gray.shape, seg.tile), grid):
-            labels[y0:y1, x0:x1] = tile_labels
+        labels = seg.predict(frame, grid=grid)
         counts = np.bincount(labels.ravel(), minlength=len(seg.label_classes) + 1)[1:]
         fractions = {c.name: float(n) / labels.size for c, n in zip(seg.label_classes, counts)}
         t2 = time.perf_counter()

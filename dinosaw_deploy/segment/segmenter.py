@@ -324,19 +324,24 @@ class Segmenter:
         return map_ordered(lambda box: (box, *self.predict_box(gray, box, grid, modal=modal, crf=crf)),
                            boxes, self.threads)
 
-    def predict_proba(self, image: np.ndarray) -> np.ndarray:
-        """(K, H, W) float32 class probabilities of an in-memory image."""
+    def predict_proba(self, image: np.ndarray, *, grid: PatchGrid | None = None) -> np.ndarray:
+        """(K, H, W) float32 class probabilities of an in-memory image (``grid``: its patch features
+        from :meth:`patch_grid`, if already computed)."""
         self._check_fitted()
-        gray, grid = self.gray_image(np.asarray(image)), self.patch_grid(np.asarray(image))
+        gray = self.gray_image(np.asarray(image))
+        grid = grid if grid is not None else self.patch_grid(np.asarray(image))
         out = np.empty((len(self.label_classes), *gray.shape), np.float32)
         for (y0, y1, x0, x1), _, probs in self.predict_tiles(gray, tile_boxes(gray.shape, self.tile), grid):
             out[:, y0:y1, x0:x1] = probs
         return out
 
-    def predict(self, image: np.ndarray, *, modal: int = 0, crf: bool = False) -> np.ndarray:
-        """(H, W) uint8 labels 1..K of an in-memory image."""
+    def predict(self, image: np.ndarray, *, modal: int = 0, crf: bool = False,
+                grid: PatchGrid | None = None) -> np.ndarray:
+        """(H, W) uint8 labels 1..K of an in-memory image (``grid``: its patch features from
+        :meth:`patch_grid`, if already computed, e.g. to time the engine apart)."""
         self._check_fitted()
-        gray, grid = self.gray_image(np.asarray(image)), self.patch_grid(np.asarray(image))
+        gray = self.gray_image(np.asarray(image))
+        grid = grid if grid is not None else self.patch_grid(np.asarray(image))
         out = np.empty(gray.shape, np.uint8)
         for (y0, y1, x0, x1), labels, _ in self.predict_tiles(gray, tile_boxes(gray.shape, self.tile), grid,
                                                                modal=modal, crf=crf):
