@@ -24,29 +24,15 @@ two grids and a flat image) or it is not kept.
 """
 from __future__ import annotations
 
-import logging
 import os
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from dinosaw_deploy.engine.manifest import METADATA_KEY, manifest_json
+from dinosaw_deploy.errors import quiet_logger
 
 QUANTIZATION = {"method": "onnxruntime dynamic", "weights": "int8, per tensor", "activations": "uint8, per call",
                 "ops": ["MatMul"]}
-
-
-@contextmanager
-def _quiet_root_logger():
-    """ONNX Runtime's quantiser logs advice to run its pre-processing (shape inference) on the root
-    logger; dynamic quantisation works without it and the result is verified, so keep it off screen."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, metadata: dict[str, Any]) -> Path:
@@ -56,7 +42,7 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, met
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     out_path = Path(out_path)
-    with _quiet_root_logger():
+    with quiet_logger():  # the quantiser's advice to pre-process (shape inference): not needed, result verified
         quantize_dynamic(str(fp32_path), str(out_path), op_types_to_quantize=QUANTIZATION["ops"],
                          weight_type=QuantType.QInt8, per_channel=False)
     graph = onnx.load(str(out_path))

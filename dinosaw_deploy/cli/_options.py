@@ -20,6 +20,23 @@ backend_option = click.option(
 )
 
 
+def training_options(command):
+    """The classifier and threading options of ``segment`` and ``fit``."""
+    for option in reversed([
+        click.option("--contrast", type=click.Choice(["none", "clahe"]), default="none", show_default=True,
+                     help="Contrast equalisation before the filter bank (CLAHE evens out uneven illumination; "
+                          "fitted per image)."),
+        click.option("--rounds", type=click.IntRange(min=1), default=100, show_default=True, help="XGBoost rounds."),
+        click.option("--max-depth", type=click.IntRange(min=1), default=8, show_default=True,
+                     help="XGBoost tree depth."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                     help="XGBoost training device."),
+        click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads [all cores]."),
+    ]):
+        command = option(command)
+    return command
+
+
 def open_engine(engine: Path | None, no_vit: bool, backend: str, required: bool = False):
     """The FeatureExtractor for segment/fit/apply, or None for classical features only (with a notice when
     the default engine is missing and not ``required``)."""

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from dinosaw_deploy.cli._options import backend_option, open_engine
+from dinosaw_deploy.cli._options import backend_option, open_engine, training_options
 from dinosaw_deploy.cli._progress import TileProgress
 from dinosaw_deploy.errors import DinosawError
 
@@ -18,13 +18,7 @@ from dinosaw_deploy.errors import DinosawError
 @click.option("--engine", type=click.Path(path_type=Path), default=None,
               help="Exported ALiBi-Dv2 (.onnx) for ViT features [engines/alibi_dv2_vits14.onnx if present].")
 @click.option("--no-vit", is_flag=True, help="Classical features only.")
-@click.option("--contrast", type=click.Choice(["none", "clahe"]), default="none", show_default=True,
-              help="Contrast equalisation before the filter bank (fitted per image).")
-@click.option("--rounds", type=click.IntRange(min=1), default=100, show_default=True, help="XGBoost rounds.")
-@click.option("--max-depth", type=click.IntRange(min=1), default=8, show_default=True, help="XGBoost tree depth.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="XGBoost training device.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads [all cores].")
+@training_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing model.")
 @backend_option
 def fit_command(pairs: tuple[tuple[Path, Path], ...], output: Path, engine: Path | None, no_vit: bool, contrast: str,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dinosaw_deploy.cli._options import backend_option, cluster_executor, cluster_options, open_engine
+from dinosaw_deploy.cli._options import backend_option, cluster_executor, cluster_options, open_engine, training_options
 from dinosaw_deploy.cli._progress import TileProgress
 from dinosaw_deploy.errors import DinosawError
 
@@ -24,13 +24,7 @@ from dinosaw_deploy.errors import DinosawError
 @click.option("--probabilities", is_flag=True, help="Also write per-class probabilities (*.probabilities.ome.tif).")
 @click.option("--modal", type=click.IntRange(0, 256), default=0, help="Majority filter radius in px (0 = off).")
 @click.option("--crf", is_flag=True, help="Dense-CRF post-processing per tile (needs the 'crf' extra).")
-@click.option("--contrast", type=click.Choice(["none", "clahe"]), default="none", show_default=True,
-              help="Contrast equalisation before the filter bank (CLAHE evens out uneven illumination).")
-@click.option("--rounds", type=click.IntRange(min=1), default=100, show_default=True, help="XGBoost rounds.")
-@click.option("--max-depth", type=click.IntRange(min=1), default=8, show_default=True, help="XGBoost tree depth.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="XGBoost training device.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads [all cores].")
+@training_options
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--ground-truth", type=click.Path(path_type=Path), default=None,
               help="Dense label file (the scribbles' conventions): print mIoU and per-class IoU.")

@@ -10,15 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from dinosaw_deploy.errors import DinosawError
+from dinosaw_deploy.errors import DinosawError, quiet_logger
 
 # A compressed chunk (strip or tile) is decoded whole on every read that touches it.
 MAX_CHUNK_BYTES = 1 << 30
@@ -89,7 +87,7 @@ def image_shape(path: str | os.PathLike) -> tuple[int, int] | None:
         if suffix in TIFF_SUFFIXES:
             import tifffile
 
-            with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
+            with quiet_logger("tifffile"), tifffile.TiffFile(path) as tif:
                 page = tif.pages[0]
                 return int(page.imagelength), int(page.imagewidth)
         if suffix == ".npy":
@@ -246,7 +244,7 @@ class ImageReader:
         import tifffile
 
         try:
-            with _quiet_tifffile():
+            with quiet_logger("tifffile"):
                 self._tif = tif = tifffile.TiffFile(self.path)
                 if not len(tif.pages) or not tif.series:
                     raise DinosawError(f"cannot read image {self.path}: not a valid TIFF (no readable image in it)")
@@ -383,18 +381,6 @@ class ImageReader:
 def open_image(path: str | os.PathLike, *, page: int = 0, level: int = 0, crop_databar: bool = False) -> ImageReader:
     """Open ``path`` for lazy region reads (``level`` 0 = full resolution of a pyramid)."""
     return ImageReader(path, page=page, level=level, crop_databar=crop_databar)
-
-
-@contextmanager
-def _quiet_tifffile() -> Iterator[None]:
-    """tifffile logs warnings about damaged files; we raise one clear error instead."""
-    log = logging.getLogger("tifffile")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 def _vendor_metadata(tif, series: int = 0) -> tuple[str | None, tuple[float, float] | None, int | None]:
