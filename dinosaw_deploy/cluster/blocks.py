@@ -9,7 +9,8 @@ weights in the same order: its patch rows equal the stitched rows of one process
 
 Label blocks are groups of the segmenter's prediction tiles (``tile_boxes(shape, seg.tile)``),
 each predicted exactly as one process predicts it (``Segmenter.predict_box`` reads its own halo:
-66 px for the filter bank, ``modal`` px, 64 px for the CRF), so labels do not depend on the layout.
+the filter bank's margin (130 px with the default scales), ``modal`` px, 64 px for the CRF), so labels do not depend
+on the layout.
 """
 from __future__ import annotations
 
