@@ -63,6 +63,9 @@ def test_segment_and_apply_write_ome_zarr_without_a_cluster(scan, tmp_path):
                                                        scan / "scribbles.tif", "-o", out, *fast, *extra)])
         assert result.exit_code == 0, result.output
     reference = tifffile.imread(tif)
+    fractions = np.bincount(reference.ravel(), minlength=4)[1:] / reference.size
+    # the fractions are counted before the OME-Zarr is moved to its final name (not from a vanished store)
+    assert f"1 (class 1) {100 * fractions[0]:.2f} %, 2 (class 2) {100 * fractions[1]:.2f} %" in result.output
     levels, meta = read_back(zarr_out)
     np.testing.assert_array_equal(levels[0], reference)
     assert meta["coordinateTransformations"][0][0]["scale"] == [0.0025, 0.0025]

@@ -345,8 +345,8 @@ def _run(image: Path, output: Path, inputs: list[Path], options: dict[str, Any],
         targets = _targets(paths, seg, tuple(reader.shape), reader.info.pixel_size, work)
         labels, probs = _predict(seg, gray, grid, work, targets, modal=modal, crf=crf, echo=echo, progress=progress,
                                  executor=executor)
+        quality = _quality(labels, seg.label_classes, ground_truth, echo)  # before an OME-Zarr target moves
         _write_outputs(paths, seg, gray, reader, labels, probs, targets, echo, checked)
-        quality = _quality(labels, seg.label_classes, ground_truth, echo)
         result = ScanResult(paths, list(seg.label_classes), tuple(reader.shape), reader.info.pixel_size, quality)
     return work, result
 
