@@ -1,7 +1,8 @@
 """dinosaw-deploy: ALiBi-Dv2 features and scribble segmentation for large micrographs.
 
 The runtime never imports torch; the build side lives in :mod:`dinosaw_deploy.export`.
-Layers, bottom to top: ``image`` -> ``engine`` -> ``tiling`` -> ``segment`` / ``probe`` -> ``live`` -> ``cli``.
+Layers, bottom to top: ``image`` -> ``engine`` -> ``tiling`` -> ``segment`` / ``probe`` -> ``live`` / ``cluster``
+-> ``cli`` (``tests/test_layers.py`` keeps imports running one way).
 
 >>> from dinosaw_deploy import FeatureExtractor, Segmenter
 >>> fx = FeatureExtractor("engines/alibi_dv2_vits14.onnx")
