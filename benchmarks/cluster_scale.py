@@ -143,7 +143,7 @@ def run(stage: str, config: str, scan: Path, labels: Path, engine: Path, out: Pa
         result["client_rss_mib"] = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)",
                                                  proc.stderr).group(1)) / 1024
         if client is not None:
-            from dinosaw_deploy.cluster.tasks import peak_rss_mb
+            from dinosaw_deploy.tiling.pipeline import peak_rss_mb
 
             result["worker_rss_mib"] = sorted(client.run(peak_rss_mb).values())
             result["slots"] = shape[0] * shape[1]

@@ -21,14 +21,12 @@ import numpy as np
 
 from dinosaw_deploy.cluster.blocks import block_batches, block_name, extent
 from dinosaw_deploy.engine.extractor import FeatureExtractor
-from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.image.reader import open_image
 from dinosaw_deploy.segment.contrast import Clahe
 from dinosaw_deploy.segment.run import write_tile
 from dinosaw_deploy.segment.segmenter import GrayImage, Segmenter
 from dinosaw_deploy.tiling.grid import Box, TileGrid
-from dinosaw_deploy.tiling.pipeline import peak_rss_mb as _ru_maxrss_mb
-from dinosaw_deploy.tiling.pipeline import tile_input
+from dinosaw_deploy.tiling.pipeline import peak_rss_mb, tile_batch
 from dinosaw_deploy.tiling.store import CHUNK, FeatureStore
 
 _CACHE: dict[tuple, Any] = {}  # engines and segmenters of this worker process, newest last
@@ -109,18 +107,6 @@ def _segmenter(job: PredictJob) -> Segmenter:
     return _cached(("segmenter", digest, job.threads), load)
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory, MiB: ``VmHWM`` (reset by exec, unlike ``ru_maxrss``,
-    which a spawned worker inherits from the client that forked it), else ``ru_maxrss``."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return _ru_maxrss_mb()
-
-
 def _done(markers: str, name: str) -> None:
     Path(markers, name).touch()
 
@@ -142,20 +128,9 @@ def feature_block(job: FeatureJob, box: Box) -> dict[str, float]:
         for chunk in block_batches(grid, box, job.batch):
             x_lo = chunk[0].x0 * p
             band = reader.read_region(chunk[0].y0 * p, x_lo, th, chunk[-1].x0 * p + tw - x_lo)
-            inputs = np.stack([tile_input(band[:, t.x0 * p - x_lo : t.x0 * p - x_lo + tw], fx, job.intensity_range)
-                               for t in chunk])
-            if not np.isfinite(inputs).all():
-                raise DinosawError(f"block {block_name(box)}: tile row {chunk[0].row} contains NaN or infinite "
-                                   "pixel values")
+            inputs = tile_batch(band, x_lo, chunk, grid, fx, job.intensity_range)
             for t, f in zip(chunk, fx.run(inputs)):
-                ys = slice(max(t.y0, r0), min(t.y0 + grid.tile_h, r1))
-                xs = slice(max(t.x0, c0), min(t.x0 + grid.tile_w, c1))
-                if ys.start >= ys.stop or xs.start >= xs.stop:
-                    continue
-                w = grid.weights(t)[ys.start - t.y0 : ys.stop - t.y0, xs.start - t.x0 : xs.stop - t.x0]
-                f = f[:, ys.start - t.y0 : ys.stop - t.y0, xs.start - t.x0 : xs.stop - t.x0]
-                acc[:, ys.start - r0 : ys.stop - r0, xs.start - c0 : xs.stop - c0] += f * w
-                wsum[ys.start - r0 : ys.stop - r0, xs.start - c0 : xs.stop - c0] += w
+                grid.accumulate(t, f, acc, wsum, r0, c0)
             tiles += len(chunk)
     array = zarr.open_array(job.array, mode="r+")
     acc /= wsum  # in place; cast and written one chunk row at a time: the block's memory is acc + wsum

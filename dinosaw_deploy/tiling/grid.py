@@ -162,6 +162,22 @@ class TileGrid:
         wx = _axis_weights(self.origins_x, self.tile_w, self.window)[tile.col]
         return np.outer(wy, wx)
 
+    def accumulate(self, tile: Tile, features: np.ndarray, acc: np.ndarray, wsum: np.ndarray, y0: int,
+                   x0: int) -> None:
+        """Add ``tile``'s weighted (C, tile_h, tile_w) features to ``acc`` (C, h, w) and its weights to
+        ``wsum`` (h, w), accumulators whose first element is patch (y0, x0). The part of the tile outside
+        them is left out: it weighs 0 there, or belongs to another block of a distributed run."""
+        h, w = wsum.shape
+        ys = slice(max(tile.y0, y0), min(tile.y0 + self.tile_h, y0 + h))
+        xs = slice(max(tile.x0, x0), min(tile.x0 + self.tile_w, x0 + w))
+        if ys.start >= ys.stop or xs.start >= xs.stop:
+            return
+        local = (slice(ys.start - tile.y0, ys.stop - tile.y0), slice(xs.start - tile.x0, xs.stop - tile.x0))
+        out = (slice(ys.start - y0, ys.stop - y0), slice(xs.start - x0, xs.stop - x0))
+        weights = self.weights(tile)[local]
+        acc[(slice(None), *out)] += features[(slice(None), *local)] * weights
+        wsum[out] += weights
+
     def row_support(self, row: int) -> tuple[int, int]:
         """Patch rows [start, end) that tile row ``row`` contributes to (non-zero weight)."""
         w = _axis_weights(self.origins_y, self.tile_h, self.window)[row]
@@ -211,14 +227,9 @@ class RowMerger:
 
     def add(self, tile: Tile, features: np.ndarray) -> None:
         """Merge one tile's (C, tile_h, tile_w) features."""
-        w = self.grid.weights(tile)
-        ys, xs = np.flatnonzero(w.any(1)), np.flatnonzero(w.any(0))
-        (y_lo, y_hi), (x_lo, x_hi) = (ys[0], ys[-1] + 1), (xs[0], xs[-1] + 1)
-        w = w[y_lo:y_hi, x_lo:x_hi]
-        gy, gx = tile.y0 + y_lo - self.base, tile.x0 + x_lo
-        self._grow(tile.y0 + y_hi)
-        self._acc[:, gy : gy + w.shape[0], gx : gx + w.shape[1]] += features[:, y_lo:y_hi, x_lo:x_hi] * w
-        self._wsum[gy : gy + w.shape[0], gx : gx + w.shape[1]] += w
+        last = int(np.flatnonzero(self.grid.weights(tile).any(1))[-1])  # rows below weigh 0: no room needed
+        self._grow(tile.y0 + last + 1)
+        self.grid.accumulate(tile, features, self._acc, self._wsum, self.base, 0)
 
     def release(self, done_tile_row: int) -> tuple[int, np.ndarray]:
         """After tile row ``done_tile_row`` is merged: (first patch row, (C, n, grid_w) final rows)."""

@@ -34,7 +34,7 @@ from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.files import cached_sha256, fingerprint, output_lock
 from dinosaw_deploy.image.intensity import fit_intensity_range
 from dinosaw_deploy.image.reader import ArrayRegions, ImageReader, RegionSource
-from dinosaw_deploy.tiling.grid import RowMerger, TileGrid
+from dinosaw_deploy.tiling.grid import RowMerger, Tile, TileGrid
 from dinosaw_deploy.tiling.sinks import ArraySink, RowSink
 from dinosaw_deploy.tiling.store import FeatureStoreWriter
 
@@ -50,8 +50,27 @@ def tile_input(pixels: np.ndarray, extractor: FeatureExtractor, intensity_range:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, MiB (Linux ru_maxrss is in KiB)."""
+    """Peak resident memory of this process so far, MiB: ``VmHWM`` (reset by exec, unlike ``ru_maxrss``,
+    which a spawned worker inherits from the process that forked it), else ``ru_maxrss`` (in KiB)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def tile_batch(band: np.ndarray, band_x0: int, tiles: list[Tile], grid: TileGrid, extractor: FeatureExtractor,
+               intensity_range: tuple[float, float]) -> np.ndarray:
+    """Engine inputs (B, 3, H, W) of ``tiles`` of one tile row, cut from ``band`` (that row's pixels from
+    column ``band_x0`` px on); NaN or infinite pixels are refused."""
+    p, tw = grid.patch_size, grid.tile_w * grid.patch_size
+    inputs = np.stack([tile_input(band[:, t.x0 * p - band_x0 : t.x0 * p - band_x0 + tw], extractor, intensity_range)
+                       for t in tiles])
+    if not np.isfinite(inputs).all():
+        raise DinosawError(f"tile row {tiles[0].row} contains NaN or infinite pixel values")
+    return inputs
 
 
 def _batches(
@@ -64,18 +83,13 @@ def _batches(
 ):
     """Yield (tile row, tiles, inputs (B, 3, H, W), last batch of its row?) from ``first_row`` on."""
     p = grid.patch_size
-    th, tw = grid.tile_h * p, grid.tile_w * p
+    th = grid.tile_h * p
     for row in range(first_row, grid.rows):
         band = reader.read_region(grid.origins_y[row] * p, 0, th, grid.grid_w * p)
         tiles = grid.tiles(row)
         for k in range(0, len(tiles), batch):
             chunk = tiles[k : k + batch]
-            inputs = np.stack(
-                [tile_input(band[:, t.x0 * p : t.x0 * p + tw], extractor, intensity_range) for t in chunk]
-            )
-            if not np.isfinite(inputs).all():
-                raise DinosawError(f"tile row {row} contains NaN or infinite pixel values")
-            yield row, chunk, inputs, k + batch >= len(tiles)
+            yield row, chunk, tile_batch(band, 0, chunk, grid, extractor, intensity_range), k + batch >= len(tiles)
 
 
 class _Prefetcher(threading.Thread):
