@@ -183,8 +183,7 @@ _SHA256_CACHE: dict[tuple[str, int, int], str] = {}
 
 def cached_sha256(path: str | os.PathLike) -> str:
     """:func:`file_sha256`, remembered per (resolved path, size, mtime_ns): free when asked again."""
-    stat = Path(path).stat()
-    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    key = tuple(fingerprint(path).values())
     if key not in _SHA256_CACHE:
         _SHA256_CACHE[key] = file_sha256(path)
     return _SHA256_CACHE[key]

@@ -69,12 +69,8 @@ class Scribbles:
         return np.bincount(self.classes, minlength=self.num_classes + 1)[1:]
 
     def describe(self) -> str:
-        """One line per class: source value -> class, colour, pixel count."""
-        lines = []
-        for cls, count in zip(self.label_classes, self.counts()):
-            value = cls.source_value[0] if len(cls.source_value) == 1 else "rgb" + str(cls.source_value)
-            lines.append(f"label value {value} -> class {cls.index} ({cls.name}): {count} px")
-        return "\n".join(lines)
+        """One line per class: source value -> class, pixel count."""
+        return describe_classes(self.label_classes, self.counts())
 
     def subsample(self, max_per_class: int, seed: int = 0) -> Scribbles:
         """At most ``max_per_class`` random pixels of each class (all of a smaller class)."""
@@ -85,6 +81,15 @@ class Scribbles:
         dense = np.zeros(self.shape, np.uint8)
         dense[self.ys, self.xs] = self.classes
         return dense
+
+
+def describe_classes(classes: Sequence[LabelClass], counts: Sequence[int]) -> str:
+    """One line per class: its label value in the file -> class index and name, pixel count."""
+    lines = []
+    for cls, count in zip(classes, counts):
+        value = cls.source_value[0] if len(cls.source_value) == 1 else "rgb" + str(cls.source_value)
+        lines.append(f"label value {value} -> class {cls.index} ({cls.name}): {count} px")
+    return "\n".join(lines)
 
 
 def subsample_many(scribbles: Sequence[Scribbles], max_per_class: int, seed: int = 0) -> list[Scribbles]:

@@ -55,6 +55,7 @@ from dinosaw_deploy.segment.labels import (
     LabelClass,
     Scribbles,
     confusion_matrix,
+    describe_classes,
     ground_truth_strips,
     iou_from_confusion,
     load_scribbles,
@@ -109,6 +110,15 @@ def output_paths(output: str | os.PathLike, probabilities: bool) -> dict[str, Pa
         kind = ".ome.zarr" if suffix == ".ome.zarr" else ".ome.tif"
         paths["probabilities"] = output.with_name(f"{stem}.probabilities{kind}")
     return paths
+
+
+def new_segmenter(extractor: FeatureExtractor | None, contrast: str, classifier: ClassifierParams | None,
+                  threads: int | None, device: str) -> Segmenter:
+    """An untrained Segmenter from the job options (``contrast``: ``none`` or ``clahe``)."""
+    if contrast not in ("none", "clahe"):
+        raise DinosawError(f"contrast must be none or clahe, not {contrast!r}")
+    return Segmenter(extractor=extractor, classifier=classifier or ClassifierParams(),
+                     contrast=ClaheConfig() if contrast == "clahe" else None, threads=threads, device=device)
 
 
 def work_path(output: str | os.PathLike) -> Path:
@@ -378,20 +388,17 @@ def segment_scan(
     save_model = None if save_model is None else Path(save_model)
     if save_model is not None and save_model.suffix != ".dsw":
         raise DinosawError(f"--save-model must end in .dsw, got {save_model.name}")
-    if contrast not in ("none", "clahe"):
-        raise DinosawError(f"contrast must be none or clahe, not {contrast!r}")
-    classifier = classifier or ClassifierParams()
+    fresh = new_segmenter(extractor, contrast, classifier, threads, device)  # options checked before any work
     inputs = [image, labels] + ([Path(extractor.model_path)] if extractor is not None else [])
     inputs += [ground_truth] if ground_truth is not None else []
-    options = {"name": "segment", "vit": extractor is not None, "rounds": classifier.rounds,
-               "max_depth": classifier.max_depth, "contrast": contrast, "modal": modal, "crf": crf,
+    options = {"name": "segment", "vit": extractor is not None, "rounds": fresh.classifier.rounds,
+               "max_depth": fresh.classifier.max_depth, "contrast": contrast, "modal": modal, "crf": crf,
                "probabilities": probabilities}
 
     def get_segmenter(work: Path) -> Segmenter:
         if (work / "model.dsw").is_file():
             return Segmenter.load(work / "model.dsw", extractor, threads=threads)
-        return Segmenter(extractor=extractor, classifier=classifier,
-                         contrast=ClaheConfig() if contrast == "clahe" else None, threads=threads, device=device)
+        return fresh
 
     def train(seg: Segmenter, gray: GrayImage, grid: PatchGrid | None, work: Path, scribbles) -> None:
         echo(scribbles.describe())
@@ -476,16 +483,12 @@ def fit_scans(
         raise DinosawError("pass at least one image and its scribbles (--pair IMAGE LABELS)")
     if output.suffix != ".dsw":
         raise DinosawError(f"the model must end in .dsw, got {output.name}")
-    if contrast not in ("none", "clahe"):
-        raise DinosawError(f"contrast must be none or clahe, not {contrast!r}")
-    classifier = classifier or ClassifierParams()
+    seg = new_segmenter(extractor, contrast, classifier, threads, device)
     inputs = [path for pair in pairs for path in pair] + ([Path(extractor.model_path)] if extractor else [])
     for path in inputs:
         if not path.is_file():
             raise DinosawError(f"not found: {path}")
     check_output(output, inputs, overwrite)
-    seg = Segmenter(extractor=extractor, classifier=classifier,
-                    contrast=ClaheConfig() if contrast == "clahe" else None, threads=threads, device=device)
     run = {"command": {"name": "fit", "vit": extractor is not None, "contrast": contrast},
            "inputs": [fingerprint(p) for p in inputs]}
     with ExitStack() as stack:
@@ -500,10 +503,7 @@ def fit_scans(
             items.append((seg.gray_image(reader), marks, grid))
         echo(f"training on {len(items)} images ...")
         seg.fit_sources(items)
-        for c in seg.label_classes:
-            value = c.source_value[0] if len(c.source_value) == 1 else "rgb" + str(c.source_value)
-            echo(f"label value {value} -> class {c.index} ({c.name}): "
-                 f"{seg.training['pixels_labelled'][c.index - 1]} px")
+        echo(describe_classes(seg.label_classes, seg.training["pixels_labelled"]))
         seg.save(output)
         remove_owned(work, inputs)
     echo(f"wrote {output}")

@@ -219,10 +219,10 @@ class Segmenter:
         k = len(self.label_classes)
         per_class = min(self.max_samples_per_class, max(1, MAX_PIXEL_CLASS_PAIRS // k**2))
         samples = subsample_many(scribbles, per_class, seed=self.classifier.seed)
-        tiles = sum(len(self._tile_groups(gray, sample)) for gray, sample in zip(grays, samples))
-        per_tile = PRIOR_PIXELS // tiles if self.estimate_prior else 0
-        gathered = [self._gather(gray, grid, sample, progress, per_tile)
-                    for gray, grid, sample in zip(grays, grids, samples)]
+        groups = [self._tile_groups(gray, sample) for gray, sample in zip(grays, samples)]
+        per_tile = PRIOR_PIXELS // sum(map(len, groups)) if self.estimate_prior else 0
+        gathered = [self._gather(gray, grid, sample, tiles, progress, per_tile)
+                    for gray, grid, sample, tiles in zip(grays, grids, samples, groups)]
         x = np.concatenate([g[0] for g in gathered])
         y = np.concatenate([g[1] for g in gathered])
         counts = np.bincount(y, minlength=k)
@@ -258,12 +258,12 @@ class Segmenter:
         starts = np.flatnonzero(np.r_[True, np.diff(key[order]) != 0])
         return np.split(order, starts[1:]) if len(order) else []
 
-    def _gather(self, gray: GrayImage, grid: PatchGrid | None, sample: Scribbles,
+    def _gather(self, gray: GrayImage, grid: PatchGrid | None, sample: Scribbles, groups: list[np.ndarray],
                 progress: Callable[[int, int], None] | None,
                 unlabelled: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Features at the sampled labelled pixels, one labelled tile (bounding box) at a time, and
-        of up to ``unlabelled`` random pixels of every such box (seeded by the box's position)."""
-        groups = self._tile_groups(gray, sample)
+        """Features at the sampled labelled pixels, one labelled tile (``groups``: :meth:`_tile_groups`,
+        its bounding box) at a time, and of up to ``unlabelled`` random pixels of every such box
+        (seeded by the box's position)."""
         x = np.empty((len(sample.ys), len(self.channel_names)), dtype=np.float32)
 
         def work(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
