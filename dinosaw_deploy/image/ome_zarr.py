@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from dinosaw_deploy.errors import DinosawError
+from dinosaw_deploy.image.ome_writer import pyramid_factors
 
 NGFF_VERSION = "0.5"
 SUFFIX = ".ome.zarr"
@@ -33,12 +34,9 @@ MapFn = Callable[[Callable[[Box], Any], list[Box]], Iterable[Any]]
 
 
 def level_shapes(height: int, width: int, chunk: int) -> list[tuple[int, int]]:
-    """(h, w) of every level: full size, then halved (rounding up) until one chunk holds it."""
-    shapes = [(height, width)]
-    while max(shapes[-1]) > chunk:
-        h, w = shapes[-1]
-        shapes.append((-(-h // 2), -(-w // 2)))
-    return shapes
+    """(h, w) of every level: full size, then halved (rounding up) until one chunk holds it -- the
+    levels of the OME-TIFF pyramid (:func:`~dinosaw_deploy.image.ome_writer.pyramid_factors`)."""
+    return [(-(-height // f), -(-width // f)) for f in pyramid_factors(height, width, chunk)]
 
 
 def _metadata(shape: tuple[int, ...], levels: int, pixel_size: tuple[float, float] | None,
