@@ -8,8 +8,13 @@ import click
 
 from dinosaw_deploy.engine.backends import BACKENDS
 from dinosaw_deploy.errors import DinosawError
+from dinosaw_deploy.preflight import DEFAULT_MAX_PIXELS
 
 DEFAULT_ENGINE = Path("engines") / "alibi_dv2_vits14.onnx"
+
+max_pixels_option = click.option(
+    "--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
+    help="Refuse images that declare more pixels (a guard against size bombs; raise it for larger real scans).")
 
 backend_option = click.option(
     "--backend",

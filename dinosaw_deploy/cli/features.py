@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from dinosaw_deploy.cli._options import DEFAULT_ENGINE, backend_option, cluster_executor, cluster_options
+from dinosaw_deploy.cli._options import (
+    DEFAULT_ENGINE,
+    backend_option,
+    cluster_executor,
+    cluster_options,
+    max_pixels_option,
+)
 from dinosaw_deploy.cli._progress import TileProgress
 
 
@@ -37,9 +43,11 @@ from dinosaw_deploy.cli._progress import TileProgress
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @backend_option
 @cluster_options
+@max_pixels_option
 def features_command(image: Path, output: Path, engine: Path, intensity_range, intensity_percentiles, page, level,
                      crop_databar, tile, overlap, batch, dtype, merge, no_preview, as_json, overwrite,
-                     backend: str, cluster: str | None, block: int | None) -> None:
+                     backend: str, cluster: str | None, block: int | None,
+                     max_pixels: int) -> None:
     """Patch features of IMAGE: (C, H // 14, W // 14) as a chunked zarr store (.zarr) or a float32 .npy.
 
     A .zarr run streams the image tile by tile in bounded memory, shows progress, resumes where an
@@ -56,7 +64,7 @@ def features_command(image: Path, output: Path, engine: Path, intensity_range, i
             image, output, extractor, page=page, level=level, crop_databar=crop_databar, tiled=tiled,
             preview=not no_preview, intensity_range=tuple(intensity_range) if intensity_range else None,
             percentiles=tuple(intensity_percentiles) if intensity_percentiles else None, overwrite=overwrite,
-            progress=progress, **({"runner": executor.runner} if executor else {}),
+            progress=progress, max_pixels=max_pixels, **({"runner": executor.runner} if executor else {}),
         )
     if as_json:
         click.echo(json.dumps(summary, indent=2))

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from dinosaw_deploy.cli._options import backend_option, cluster_executor, cluster_options, open_engine, training_options
+from dinosaw_deploy.cli._options import (
+    backend_option,
+    cluster_executor,
+    cluster_options,
+    max_pixels_option,
+    open_engine,
+    training_options,
+)
 from dinosaw_deploy.cli._progress import TileProgress
 from dinosaw_deploy.errors import DinosawError
 
@@ -30,10 +37,11 @@ from dinosaw_deploy.errors import DinosawError
               help="Dense label file (the scribbles' conventions): print mIoU and per-class IoU.")
 @backend_option
 @cluster_options
+@max_pixels_option
 def segment_command(image: Path, labels_path: Path, output: Path, engine: Path | None, no_vit: bool,
                     save_model: Path | None, probabilities: bool, modal: int, crf: bool, contrast: str, rounds: int,
                     max_depth: int, device: str, threads: int | None, overwrite: bool, ground_truth: Path | None,
-                    backend: str, cluster: str | None, block: int | None) -> None:
+                    backend: str, cluster: str | None, block: int | None, max_pixels: int) -> None:
     """Train on the scribbled pixels of IMAGE and segment all of it into a pyramidal OME-TIFF."""
     from dinosaw_deploy.segment.classifier import ClassifierParams
     from dinosaw_deploy.segment.run import segment_scan
@@ -48,7 +56,7 @@ def segment_command(image: Path, labels_path: Path, output: Path, engine: Path |
                      probabilities=probabilities, modal=modal, crf=crf, contrast=contrast,
                      classifier=ClassifierParams(rounds=rounds, max_depth=max_depth), device=device,
                      threads=threads, overwrite=overwrite, ground_truth=ground_truth, echo=click.echo,
-                     progress=progress, executor=executor)
+                     progress=progress, executor=executor, max_pixels=max_pixels)
 
 
 @click.command("apply")
@@ -69,9 +77,10 @@ def segment_command(image: Path, labels_path: Path, output: Path, engine: Path |
               help="Dense label file per image, in the images' order: print mIoU and per-class IoU.")
 @backend_option
 @cluster_options
+@max_pixels_option
 def apply_command(images: tuple[Path, ...], model_path: Path, output: Path, engine: Path | None, probabilities: bool,
                   modal: int, crf: bool, threads: int | None, overwrite: bool, ground_truths: tuple[Path, ...],
-                  backend: str, cluster: str | None, block: int | None) -> None:
+                  backend: str, cluster: str | None, block: int | None, max_pixels: int) -> None:
     """Segment one or more IMAGES with a model saved by `fit` or `segment --save-model`."""
     from dinosaw_deploy.segment.bundle import load_bundle
     from dinosaw_deploy.segment.run import apply_scans
@@ -83,4 +92,5 @@ def apply_command(images: tuple[Path, ...], model_path: Path, output: Path, engi
     with TileProgress() as progress, cluster_executor(cluster, block, threads, backend) as executor:
         apply_scans(images, model_path, output, ground_truths=ground_truths, overwrite=overwrite, echo=click.echo,
                     extractor=open_engine(engine, not uses_vit, backend, required=True), probabilities=probabilities,
-                    modal=modal, crf=crf, threads=threads, progress=progress, executor=executor)
+                    modal=modal, crf=crf, threads=threads, progress=progress, executor=executor,
+                    max_pixels=max_pixels)

@@ -48,6 +48,7 @@ from dinosaw_deploy.files import (
 from dinosaw_deploy.image.ome_writer import write_ome_pyramid
 from dinosaw_deploy.image.ome_zarr import build_levels, create_ome_zarr, publish
 from dinosaw_deploy.image.reader import ImageReader, open_image
+from dinosaw_deploy.preflight import DEFAULT_MAX_PIXELS, Planned, check_pixels, check_space, feature_store_bytes, label_bytes
 from dinosaw_deploy.segment.classifier import ClassifierParams
 from dinosaw_deploy.segment.contrast import ClaheConfig
 from dinosaw_deploy.segment.labels import (
@@ -322,12 +323,26 @@ def _write_outputs(paths: dict[str, Path], seg: Segmenter, gray: GrayImage, read
     echo(f"wrote {paths['preview']}")
 
 
+def _preflight(reader: ImageReader, paths: dict[str, Path], work: Path, extractor: FeatureExtractor | None,
+               classes: int, max_pixels: int) -> None:
+    """Refuse, from the header alone, an image above ``max_pixels`` or outputs that cannot fit on their disks."""
+    check_pixels(reader.shape, max_pixels, reader.path.name)
+    planned = [Planned(paths["labels"], label_bytes(reader.shape), "labels")]
+    if "probabilities" in paths:
+        planned.append(Planned(paths["probabilities"], label_bytes(reader.shape, classes), "probabilities"))
+    if extractor is not None:
+        planned.append(Planned(work / "features.zarr", feature_store_bytes(
+            reader.shape, extractor.patch_size, extractor.embed_dim), "ViT feature store"))
+    check_space(planned)
+
+
 def _run(image: Path, output: Path, inputs: list[Path], options: dict[str, Any], *, overwrite: bool,
          probabilities: bool, modal: int, crf: bool, extra_outputs: list[Path],
          get_segmenter: Callable[[Path], Segmenter], train: Callable[..., None] | None,
          extractor: FeatureExtractor | None, echo: Echo, progress: Progress | None,
          check: Callable[[ImageReader], Any] | None = None,
-         ground_truth: Path | None = None, executor: Executor | None = None) -> tuple[Path, ScanResult]:
+         ground_truth: Path | None = None, executor: Executor | None = None, classes: int = 2,
+         max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Path, ScanResult]:
     """Shared body of segment/apply: returns the work folder (removed by the caller when done).
     ``check(reader)`` validates inputs against the image before any expensive work; its result
     (the scribbles, for segment) goes to ``train`` and the preview."""
@@ -340,6 +355,7 @@ def _run(image: Path, output: Path, inputs: list[Path], options: dict[str, Any],
     check_output(work_path(output), inputs, overwrite=True)
     run = {"command": options, "inputs": [fingerprint(p) for p in inputs]}
     with open_image(image) as reader:
+        _preflight(reader, paths, work_path(output), extractor, classes, max_pixels)
         checked = check(reader) if check is not None else None
         if ground_truth is not None:
             with open_image(ground_truth) as truth:
@@ -380,6 +396,7 @@ def segment_scan(
     echo: Echo = lambda message: None,
     progress: Progress | None = None,
     executor: Executor | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ScanResult:
     """Train on the scribbled pixels of ``image`` and segment all of it into ``output`` (.ome.tif or
     .ome.zarr); with ``ground_truth`` (a dense label file) also report per-class IoU and mIoU."""
@@ -413,7 +430,7 @@ def segment_scan(
                             modal=modal, crf=crf, extra_outputs=extra, get_segmenter=get_segmenter, train=train,
                             extractor=extractor, echo=echo, progress=progress,
                             check=lambda reader: load_scribbles(labels, reader.shape), ground_truth=ground_truth,
-                            executor=executor)
+                            executor=executor, max_pixels=max_pixels)
         if save_model is not None:
             with atomic_path(save_model) as tmp:
                 shutil.copyfile(work / "model.dsw", tmp)
@@ -438,6 +455,7 @@ def apply_scan(
     echo: Echo = lambda message: None,
     progress: Progress | None = None,
     executor: Executor | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ScanResult:
     """Segment ``image`` with a model saved by :func:`segment_scan` (``save_model``), :func:`fit_scans`
     or :meth:`Segmenter.save`; with ``ground_truth`` also report per-class IoU and mIoU."""
@@ -455,7 +473,8 @@ def apply_scan(
         work, result = _run(image, output, inputs, options, overwrite=overwrite, probabilities=probabilities,
                             modal=modal, crf=crf, extra_outputs=[], get_segmenter=lambda _: seg, train=None,
                             extractor=seg.extractor, echo=echo, progress=progress,
-                            ground_truth=ground_truth, executor=executor)
+                            ground_truth=ground_truth, executor=executor, classes=len(seg.label_classes),
+                            max_pixels=max_pixels)
         remove_owned(work, inputs)
     return result
 
@@ -473,6 +492,7 @@ def fit_scans(
     overwrite: bool = False,
     echo: Echo = lambda message: None,
     progress: Progress | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Segmenter:
     """Train one model (``output``, .dsw) on several (image, scribbles) pairs; see
     :meth:`Segmenter.fit_sources` for how the images are combined. ViT patch features go to a
@@ -494,6 +514,12 @@ def fit_scans(
     with ExitStack() as stack:
         stack.enter_context(output_lock([output]))
         readers = [stack.enter_context(open_image(image)) for image, _ in pairs]
+        for reader in readers:
+            check_pixels(reader.shape, max_pixels, reader.path.name)
+        if extractor is not None:
+            check_space(Planned(work_path(output) / f"features_{i}.zarr", feature_store_bytes(
+                reader.shape, extractor.patch_size, extractor.embed_dim), f"ViT features of {reader.path.name}")
+                for i, reader in enumerate(readers))
         scribbles = [load_scribbles(labels, reader.shape) for (_, labels), reader in zip(pairs, readers)]
         work = _work_dir(output, run, inputs, echo)
         items = []

@@ -19,6 +19,7 @@ from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.files import atomic_path, atomic_write_bytes, check_output, output_lock
 from dinosaw_deploy.image.intensity import fit_intensity_range
 from dinosaw_deploy.image.reader import ImageReader, open_image
+from dinosaw_deploy.preflight import DEFAULT_MAX_PIXELS, Planned, check_pixels, check_space, feature_store_bytes
 from dinosaw_deploy.tiling.pipeline import extract_tiled, run_tiles, tile_input
 from dinosaw_deploy.tiling.preview import preview_path, write_preview
 from dinosaw_deploy.tiling.store import FeatureStore
@@ -41,10 +42,12 @@ def extract_features(
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
     runner: Callable[..., dict[str, Any]] = run_tiles,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> dict[str, Any]:
     """Patch features of ``image`` into ``output``: ``.zarr`` (tiled, resumable, any size; ``tiled`` may set
     tile/overlap/batch/dtype/merge) or ``.npy`` (one whole-image pass, small images). Returns the run summary.
-    ``runner`` computes the store's tiles (default here; a cluster's, e.g. ``DaskTiles``, elsewhere)."""
+    ``runner`` computes the store's tiles (default here; a cluster's, e.g. ``DaskTiles``, elsewhere). Images above
+    ``max_pixels`` and stores that cannot fit on the disk are refused first (:mod:`dinosaw_deploy.preflight`)."""
     image, output = Path(image), Path(output)
     tiled = {k: v for k, v in (tiled or {}).items() if v is not None}
     unknown = set(tiled) - set(TILED_DEFAULTS)
@@ -67,6 +70,10 @@ def extract_features(
     for path in outputs:
         check_output(path, [image, extractor.model_path], overwrite)
     with output_lock(outputs), open_image(image, page=page, level=level, crop_databar=crop_databar) as reader:
+        check_pixels(reader.shape, max_pixels, image.name)
+        dtype = "float32" if suffix == ".npy" else tiled.get("dtype", TILED_DEFAULTS["dtype"])
+        check_space([Planned(output, feature_store_bytes(reader.shape, extractor.patch_size, extractor.embed_dim,
+                                                         dtype), "feature store")])
         if suffix == ".npy":
             return _whole_image(reader, extractor, output, intensity_range=intensity_range, percentiles=percentiles)
         options = {**TILED_DEFAULTS, **tiled}
