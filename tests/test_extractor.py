@@ -106,3 +106,17 @@ def test_rgba_drops_alpha_and_small_images_refused():
         preprocess(np.zeros((13, 100), np.uint8))
     with pytest.raises(DinosawError, match="expected a 2D"):
         preprocess(np.zeros((5, 28, 28, 3), np.uint8))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_run_refuses_non_finite_batches_like_the_frame_door(tiny_engine, bad):
+    fx = FeatureExtractor(tiny_engine)
+    frame = np.zeros((28, 28), np.float32)
+    frame[3, 5] = bad
+    with pytest.raises(DinosawError) as from_frame:
+        fx(frame)
+    batch = np.zeros((2, 3, 28, 28), np.float32)
+    batch[1, 2, 3, 5] = bad
+    with pytest.raises(DinosawError) as from_batch:
+        fx.run(batch)
+    assert str(from_batch.value) == str(from_frame.value) == "the image contains NaN or infinite values"

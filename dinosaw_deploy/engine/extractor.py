@@ -14,6 +14,7 @@ from dinosaw_deploy.engine.contract import INPUT_NAMES, MAX_WHOLE_IMAGE_TOKENS, 
 from dinosaw_deploy.engine.manifest_schema import check_engine_manifest
 from dinosaw_deploy.engine.preprocess import preprocess
 from dinosaw_deploy.errors import DinosawError
+from dinosaw_deploy.image.intensity import check_pixels
 from dinosaw_deploy.image.reader import to_channels_last
 
 __all__ = ["INPUT_NAMES", "OUTPUT_NAME", "FeatureExtractor"]
@@ -103,7 +104,8 @@ class FeatureExtractor:
         """Normalised (B, 3, H, W) float32 -> features (B, C, H//14, W//14) float32, in batches.
 
         Trailing H % 14 rows and W % 14 columns are dropped first (what the stride-14 patch
-        embedding does anyway), so every backend sees whole patches. Thread-safe: calls from
+        embedding does anyway), so every backend sees whole patches; NaN, infinite or complex input is refused
+        (every backend is reached through here). Thread-safe: calls from
         several threads take turns on the backend (each call already uses every CPU core).
         """
         pixel_values = np.asarray(pixel_values)
@@ -113,6 +115,7 @@ class FeatureExtractor:
         if h < 1 or w < 1:
             raise DinosawError(f"input of {pixel_values.shape[2:]} px is smaller than one patch")
         self._check_tokens(h, w)
+        check_pixels(pixel_values)  # NaN/inf/complex: the frame door's refusal, for batches given directly
         p = self.patch_size
         pixel_values = np.ascontiguousarray(pixel_values[:, :, : h * p, : w * p], dtype=np.float32)
         self.backend.check_input(min(pixel_values.shape[0], self.batch_size), h * p, w * p)
