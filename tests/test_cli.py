@@ -1,5 +1,6 @@
 """Every CLI failure is one clear line and a non-zero exit; the happy paths write what they say."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,3 +147,38 @@ def test_whole_image_token_limit_uses_the_engines_patch_size(tmp_path, monkeypat
     tifffile.imwrite(image, np.zeros((300, 300), np.uint8))
     result = CliRunner().invoke(main, ["features", str(image), "-o", str(tmp_path / "f.npy"), "--engine", str(tiny_engine)])
     assert result.exit_code == 1 and "150x150 patches, too many for one pass" in result.output
+
+
+def _renamed_input(src: Path, dst: Path) -> Path:
+    import onnx
+
+    model = onnx.load(str(src))
+    old = model.graph.input[0].name
+    model.graph.input[0].name = "pixels"
+    for node in model.graph.node:
+        node.input[:] = ["pixels" if name == old else name for name in node.input]
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_info_refuses_what_the_runtime_refuses(tiny_engine, tmp_path):
+    """Random bytes, a PNG renamed .onnx, an ONNX with a renamed input (alone, or beside a copied manifest):
+    one line and a non-zero exit, as FeatureExtractor would refuse them."""
+    import shutil
+
+    from PIL import Image
+
+    random_bytes = tmp_path / "random.onnx"
+    random_bytes.write_bytes(np.random.default_rng(0).bytes(4096))
+    png = tmp_path / "picture.onnx"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(png, format="PNG")
+    renamed = _renamed_input(tiny_engine, tmp_path / "renamed.onnx")
+    beside = _renamed_input(tiny_engine, tmp_path / "beside.onnx")
+    shutil.copyfile(f"{tiny_engine}.json", f"{beside}.json")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    for artifact, fragment in ((random_bytes, "not a loadable ONNX"), (png, "not a loadable ONNX"),
+                               (renamed, ""), (beside, "sha256"), (text, "not an engine")):
+        assert_clean_failure(invoke("info", artifact), fragment)
+    ok = invoke("info", f"{tiny_engine}.json")
+    assert ok.exit_code == 0 and json.loads(ok.output)["architecture"]["embed_dim"] == 96

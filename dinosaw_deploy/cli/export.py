@@ -90,23 +90,7 @@ def export_command(checkpoint, config_path, num_heads, fp16, int8, out_dir, name
 @click.command("info")
 @click.argument("artifact", type=click.Path(path_type=Path))
 def info_command(artifact: Path) -> None:
-    """Print the manifest of an exported artifact (.onnx, .plan or its .json)."""
-    from dinosaw_deploy.engine.manifest import METADATA_KEY, parse_manifest, read_manifest, sidecar_path
+    """Check an exported artifact (.onnx, .plan or its .json) as the runtime would, then print its manifest."""
+    from dinosaw_deploy.engine.describe import describe_artifact
 
-    if not artifact.exists():
-        raise DinosawError(f"not found: {artifact}")
-    if artifact.suffix == ".json" or sidecar_path(artifact).is_file():
-        record = read_manifest(artifact)
-    elif artifact.suffix == ".onnx":
-        import onnxruntime as ort
-
-        try:
-            meta = ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"]).get_modelmeta()
-        except Exception as exc:
-            raise DinosawError(f"{artifact}: not a loadable ONNX model ({exc})") from None
-        if METADATA_KEY not in meta.custom_metadata_map:
-            raise DinosawError(f"{artifact}: not exported by dinosaw-deploy (no manifest)")
-        record = parse_manifest(meta.custom_metadata_map[METADATA_KEY], str(artifact))
-    else:
-        raise DinosawError(f"{artifact}: no manifest beside it ({sidecar_path(artifact).name})")
-    click.echo(json.dumps(record, indent=2))
+    click.echo(json.dumps(describe_artifact(artifact), indent=2))
