@@ -80,9 +80,9 @@ def check_output(output: Path, inputs: Iterable[str | os.PathLike], overwrite: b
     (e.g. an old output folder with an input inside) -- even with ``overwrite`` -- and an existing
     output without ``overwrite``, or one in a folder that does not exist."""
     output = Path(output)
-    target = output.resolve()
+    target = resolved(output)
     for item in inputs:
-        source = Path(item).resolve()
+        source = resolved(Path(item))
         if target == source:
             raise DinosawError(f"output {output} is one of the inputs; choose another name")
         if source.is_relative_to(target):
@@ -94,6 +94,16 @@ def check_output(output: Path, inputs: Iterable[str | os.PathLike], overwrite: b
         raise DinosawError(f"{output} exists; pass --overwrite to replace it")
     if not output.parent.is_dir():
         raise DinosawError(f"output directory {output.parent} does not exist")
+
+
+def resolved(path: str | os.PathLike) -> Path:
+    """``path`` with every symbolic link followed; a link loop is one clear error."""
+    try:
+        return Path(path).resolve()
+    except RuntimeError:  # Python < 3.13 reports a loop so; later versions raise OSError(ELOOP)
+        raise DinosawError(f"{path} is a symbolic link loop; point it at a real file") from None
+    except OSError as exc:
+        raise DinosawError(f"{path}: {exc.strerror or exc}") from None
 
 
 def lock_path(output: str | os.PathLike) -> Path:
@@ -162,9 +172,9 @@ def remove_owned(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = 
         return
     if not is_owned(path):
         raise DinosawError(f"{path} exists but was not made by dinosaw-deploy; move it away (it is left untouched)")
-    target = path.resolve()
+    target = resolved(path)
     for item in inputs:
-        if Path(item).resolve().is_relative_to(target):
+        if resolved(Path(item)).is_relative_to(target):
             raise DinosawError(f"{path} holds the input {item}; move the input out of it (left untouched)")
     shutil.rmtree(path)
 
@@ -191,6 +201,6 @@ def cached_sha256(path: str | os.PathLike) -> str:
 
 def fingerprint(path: str | os.PathLike) -> dict[str, Any]:
     """What identifies an input file cheaply for resuming: resolved path, size, mtime."""
-    path = Path(path)
-    stat = path.stat()
-    return {"path": str(path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    real = resolved(path)
+    stat = real.stat()
+    return {"path": str(real), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}

@@ -119,11 +119,15 @@ def normalize_state_dict(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _arch_from_config_json(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(architecture fields, bias fields) from a golden-style config.json or a flat dict."""
-    arch = dict(data.get("architecture", data))
-    alibi = dict(data.get("alibi", data.get("bias", {})))
-    return arch, alibi
+def _arch_from_config_json(data: Any, source: str = "config") -> tuple[dict[str, Any], dict[str, Any]]:
+    """(architecture fields, bias fields) from a golden-style config.json or a flat dict; any other JSON
+    (a list, a number, sections that are not objects) is one clear error."""
+    arch = data.get("architecture", data) if isinstance(data, dict) else None
+    alibi = data.get("alibi", data.get("bias", {})) if isinstance(data, dict) else None
+    if not isinstance(arch, dict) or not isinstance(alibi, dict):
+        raise DinosawError(f"{source}: expected a JSON object of architecture fields (or with 'architecture' and "
+                           f"'alibi' objects), got {type(data).__name__ if arch is None else 'a malformed section'}")
+    return dict(arch), dict(alibi)
 
 
 def infer_config(state: dict[str, torch.Tensor], given: dict[str, Any] | None = None) -> AlibiDv2Config:
@@ -204,7 +208,7 @@ def load_checkpoint(
     alibi: dict[str, Any] = {}
     if config_path is not None:
         try:
-            arch_given, alibi = _arch_from_config_json(json.loads(Path(config_path).read_text()))
+            arch_given, alibi = _arch_from_config_json(json.loads(Path(config_path).read_text()), str(config_path))
         except (OSError, json.JSONDecodeError) as exc:
             raise DinosawError(f"cannot read config {config_path}: {exc}") from None
     arch_given.update({k: v for k, v in (overrides or {}).items() if v is not None})

@@ -149,3 +149,11 @@ def test_hub_probe_leaves_the_process_socket_timeout_alone(monkeypatch):
         assert _hub_reachable() is True and len(calls) == 2  # behind a proxy: no direct probe
     finally:
         socket.setdefaulttimeout(previous)
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "3", '{"architecture": [96]}', '{"alibi": "wrap"}'])
+def test_config_that_is_not_an_object_is_one_clear_error(tmp_path, timm_state, content):
+    config = tmp_path / "c.json"
+    config.write_text(content)
+    with pytest.raises(DinosawError, match="c.json: expected a JSON object"):
+        load_checkpoint(save(tmp_path, timm_state), config_path=config)

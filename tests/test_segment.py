@@ -210,3 +210,13 @@ def test_many_classes_shrink_the_training_sample(monkeypatch):
     image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
     Segmenter(classifier=ClassifierParams(rounds=1), tile=64, threads=1).fit(image, dense)
     assert kept == [30]
+
+
+def test_extractor_may_be_an_engine_path_and_nothing_else(tiny_engine):
+    seg = Segmenter(extractor=str(tiny_engine))
+    assert seg.extractor.model_path == tiny_engine and seg.extractor.patch_size == 14
+    for wrong in (3, object(), [tiny_engine]):
+        with pytest.raises(DinosawError, match="extractor must be a FeatureExtractor, an engine path or None"):
+            Segmenter(extractor=wrong)
+    with pytest.raises(DinosawError, match="model not found"):
+        Segmenter(extractor="missing.onnx")

@@ -8,6 +8,7 @@ import click
 from dinosaw_deploy.cli._options import backend_option, max_pixels_option, open_engine, training_options
 from dinosaw_deploy.cli._progress import TileProgress
 from dinosaw_deploy.errors import DinosawError
+from dinosaw_deploy.image.reader import require_file
 
 
 @click.command("fit")
@@ -32,8 +33,7 @@ def fit_command(pairs: tuple[tuple[Path, Path], ...], output: Path, engine: Path
     if engine is not None and no_vit:
         raise DinosawError("--engine and --no-vit contradict each other; pass one")
     for path in (p for pair in pairs for p in pair):  # before the engine, whose notice would bury this error
-        if not path.is_file():
-            raise DinosawError(f"not found: {path}")
+        require_file(path, "input")
     with TileProgress() as progress:
         fit_scans(pairs, output, extractor=open_engine(engine, no_vit, backend), contrast=contrast,
                   classifier=ClassifierParams(rounds=rounds, max_depth=max_depth), device=device, threads=threads,

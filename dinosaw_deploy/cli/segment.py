@@ -16,6 +16,7 @@ from dinosaw_deploy.cli._options import (
 )
 from dinosaw_deploy.cli._progress import TileProgress
 from dinosaw_deploy.errors import DinosawError
+from dinosaw_deploy.image.reader import require_file
 
 
 @click.command("segment")
@@ -49,8 +50,7 @@ def segment_command(image: Path, labels_path: Path, output: Path, engine: Path |
     if engine is not None and no_vit:
         raise DinosawError("--engine and --no-vit contradict each other; pass one")
     for path in (image, labels_path, *([ground_truth] if ground_truth else [])):  # before the engine's notice
-        if not path.is_file():
-            raise DinosawError(f"not found: {path}")
+        require_file(path, "input")
     with TileProgress() as progress, cluster_executor(cluster, block, threads, backend) as executor:
         segment_scan(image, labels_path, output, extractor=open_engine(engine, no_vit, backend), save_model=save_model,
                      probabilities=probabilities, modal=modal, crf=crf, contrast=contrast,
@@ -86,8 +86,7 @@ def apply_command(images: tuple[Path, ...], model_path: Path, output: Path, engi
     from dinosaw_deploy.segment.run import apply_scans
 
     for path in (*images, model_path, *ground_truths):
-        if not path.is_file():
-            raise DinosawError(f"not found: {path}")
+        require_file(path, "input")
     uses_vit = load_bundle(model_path).config.get("vit") is not None
     with TileProgress() as progress, cluster_executor(cluster, block, threads, backend) as executor:
         apply_scans(images, model_path, output, ground_truths=ground_truths, overwrite=overwrite, echo=click.echo,

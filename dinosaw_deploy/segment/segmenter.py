@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from dinosaw_deploy._version import __version__
+from dinosaw_deploy.engine.extractor import FeatureExtractor
 from dinosaw_deploy.engine.manifest import engine_identity
 from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.image.intensity import fit_intensity_range, scale_intensity
@@ -73,13 +74,26 @@ class GrayImage:
         return scaled.astype(np.float32, copy=False)
 
 
+def _as_extractor(extractor: Any) -> Any:
+    """None, a FeatureExtractor-like object (``run``, ``manifest``, ``patch_size``), or an engine path opened as one."""
+    if isinstance(extractor, (str, os.PathLike)):
+        return FeatureExtractor(extractor)
+    missing = [name for name in ("run", "manifest", "patch_size") if extractor is not None and
+               not hasattr(extractor, name)]
+    if missing:
+        raise DinosawError(f"extractor must be a FeatureExtractor, an engine path or None, not "
+                           f"{type(extractor).__name__} (it has no {', '.join(missing)})")
+    return extractor
+
+
 class Segmenter:
     """Trainable scribble segmentation. Train with :meth:`fit` (arrays) or :meth:`fit_source`
     (lazy sources), predict with :meth:`predict` / :meth:`predict_tiles`, persist with
     :meth:`save` / :meth:`load`.
 
     Args:
-        extractor: a ``FeatureExtractor`` to add PCA-reduced ViT channels; None = classical only.
+        extractor: a ``FeatureExtractor`` (or the path of an engine, opened as one) to add PCA-reduced ViT
+            channels; None = classical only.
         filter_bank: the classical filter-bank config (default: 74 channels).
         classifier: XGBoost settings (default: hist, depth 8, 100 rounds, eta 0.3, seed 0).
         tile: prediction / feature tile size in px.
@@ -111,7 +125,7 @@ class Segmenter:
             raise DinosawError(f"tile must be >= 16 px, got {tile}")
         if device not in ("auto", "cpu", "cuda"):
             raise DinosawError(f"device must be auto, cpu or cuda, not {device!r}")
-        self.extractor = extractor
+        self.extractor = _as_extractor(extractor)
         self.bank = FilterBank(filter_bank)
         self.classifier = classifier or ClassifierParams()
         self.tile = tile
