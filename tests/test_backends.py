@@ -127,3 +127,20 @@ def test_ort_backend_with_profile_checks_shapes(tiny_engine):
     np.testing.assert_allclose(fx.run(pixels), FeatureExtractor(tiny_engine, backend="cpu").run(pixels), atol=1e-5)
     with pytest.raises(DinosawError, match="outside the engine's profile"):
         fx.run(np.zeros((1, 3, 84, 56), np.float32))
+
+
+@pytest.mark.parametrize("requested, expected", [("auto", "cpu"), ("ort-cuda", "ort-cuda"), ("cpu", "cpu")])
+def test_auto_runs_int8_engines_on_the_cpu_even_on_a_gpu_host(requested, expected, caplog):
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    with caplog.at_level("INFO", logger="dinosaw_deploy.engine.backends"):
+        got = choose_backend("m.int8.onnx", requested, available_providers=gpu, precision="int8")
+    assert got == expected
+    assert ("int8 engine" in caplog.text) == (requested == "auto")
+    assert choose_backend("m.onnx", "auto", available_providers=gpu, precision="fp32") == "ort-tensorrt"
+
+
+def test_precision_comes_from_the_sidecar(tiny_engine, tmp_path):
+    from dinosaw_deploy.engine.backends import _precision
+
+    assert _precision(tiny_engine) == "fp32"
+    assert _precision(tmp_path / "no_manifest.onnx") is None

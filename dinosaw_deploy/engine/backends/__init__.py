@@ -8,7 +8,8 @@
 ========================  ==============================================================
 
 ``auto`` takes a ``.plan`` to ``tensorrt`` and an ``.onnx`` to the best ONNX Runtime provider
-present (TensorRT, then CUDA, then CPU); when ONNX Runtime lists a provider it cannot start
+present (TensorRT, then CUDA, then CPU) -- except an ``int8`` ONNX (dynamic quantisation, a CPU
+format), which ``auto`` always runs on the CPU; when ONNX Runtime lists a provider it cannot start
 (e.g. onnxruntime-gpu without TensorRT libraries), ``auto`` logs a warning and tries the next.
 It logs its choice. A forced backend that cannot run is an error, never a silent fallback.
 """
@@ -23,6 +24,7 @@ from dinosaw_deploy.engine.backends.base import Backend
 from dinosaw_deploy.engine.backends.ort import ORT_BACKENDS, ProviderStartError
 from dinosaw_deploy.engine.backends.profile import TileProfile, make_profile
 from dinosaw_deploy.engine.contract import INPUT_NAMES, OUTPUT_NAME, check_io_names
+from dinosaw_deploy.engine.manifest import read_manifest, sidecar_path
 from dinosaw_deploy.errors import DinosawError
 
 log = logging.getLogger(__name__)
@@ -41,8 +43,10 @@ def choose_backend(
     *,
     available_providers: Sequence[str],
     providers: Sequence[str] | None = None,
+    precision: str | None = None,
 ) -> str:
-    """Which backend runs ``model_path``: pure logic over the file type and what ONNX Runtime offers."""
+    """Which backend runs ``model_path``: pure logic over the file type, its manifest's ``precision`` and what
+    ONNX Runtime offers."""
     if requested not in BACKENDS:
         raise DinosawError(f"unknown backend {requested!r} (choose from {', '.join(BACKENDS)})")
     is_plan = Path(model_path).suffix == ".plan"
@@ -71,6 +75,10 @@ def choose_backend(
         if implied is None or requested not in ("auto", implied):
             raise DinosawError(f"providers {list(providers)} do not match backend {requested!r}")
         return implied
+    if requested == "auto" and precision == "int8":
+        if any(p != ORT_BACKENDS["cpu"] for p in available_providers):
+            log.info("%s is an int8 engine (a CPU format): backend auto runs it on the CPU", Path(model_path).name)
+        return "cpu"
     if requested == "auto":
         return next(name for name, provider in ORT_BACKENDS.items() if provider in available_providers or name == "cpu")
     if ORT_BACKENDS[requested] not in available_providers:
@@ -80,6 +88,14 @@ def choose_backend(
             f"(available: {', '.join(available_providers)}){hint}"
         )
     return requested
+
+
+def _precision(model_path: str | os.PathLike) -> str | None:
+    """The ``precision`` an ONNX's sidecar manifest declares (None without one; the backend validates it)."""
+    if Path(model_path).suffix != ".onnx" or not sidecar_path(model_path).is_file():
+        return None
+    precision = read_manifest(model_path).get("precision")
+    return precision if isinstance(precision, str) else None
 
 
 def open_backend(
@@ -92,7 +108,8 @@ def open_backend(
     """Open ``model_path`` (``.onnx`` or ``.plan``) on the chosen backend and log which one."""
     import onnxruntime as ort
 
-    name = choose_backend(model_path, backend, available_providers=ort.get_available_providers(), providers=providers)
+    name = choose_backend(model_path, backend, available_providers=ort.get_available_providers(), providers=providers,
+                          precision=_precision(model_path))
     if name == "tensorrt":
         from dinosaw_deploy.engine.backends.tensorrt import TensorRTBackend
 
