@@ -305,3 +305,18 @@ def test_no_dask_without_cluster(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], timeout=TIMEOUT_S, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "s.ome.zarr" / "0").is_dir()
+
+
+def test_an_absent_scheduler_is_one_line_within_the_connect_timeout(tiny_engine, tmp_path):
+    write_synthetic_tiff(tmp_path / "s.tif", 256, 256, seed=0)
+    address = f"tcp://127.0.0.1:{_free_port()}"  # nothing listens there
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "dinosaw_deploy.cli", "features", str(tmp_path / "s.tif"), "-o",
+                             str(tmp_path / "f.zarr"), "--engine", str(tiny_engine), "--cluster", address,
+                             "--connect-timeout", "2"], capture_output=True, text=True, timeout=60)
+    elapsed = time.perf_counter() - start
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"Error: cannot reach the dask scheduler at {address} within 2 s")
+    assert elapsed < 2 + 15, elapsed  # interpreter and dask imports included
+    assert not (tmp_path / "f.zarr").exists()

@@ -61,7 +61,9 @@ def open_engine(engine: Path | None, no_vit: bool, backend: str, required: bool 
 
 
 def cluster_options(command):
-    """``--cluster SPEC`` and ``--block PX`` (docs/cluster.md)."""
+    """``--cluster SPEC``, ``--block PX`` and ``--connect-timeout S`` (docs/cluster.md)."""
+    command = click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=5.0,
+                           show_default=True, help="Seconds to wait for a tcp:// scheduler.")(command)
     command = click.option("--block", type=click.IntRange(min=1), default=None,
                            help="Block edge in px on a cluster, rounded to the chunk grid "
                                 "[features 2688, labels 1024].")(command)
@@ -70,7 +72,8 @@ def cluster_options(command):
                              "(needs the 'cluster' extra).")(command)
 
 
-def cluster_executor(cluster: str | None, block: int | None, threads: int | None, backend: str):
+def cluster_executor(cluster: str | None, block: int | None, threads: int | None, backend: str,
+                     connect_timeout: float = 5.0):
     """A context giving the job's ``DaskExecutor`` for ``--cluster``, or None (dask not imported)."""
     if cluster is None:
         if block is not None:
@@ -78,4 +81,4 @@ def cluster_executor(cluster: str | None, block: int | None, threads: int | None
         return nullcontext()
     from dinosaw_deploy.cluster import cluster_executor as start
 
-    return start(cluster, block=block, threads=threads or 1, backend=backend)
+    return start(cluster, block=block, threads=threads or 1, backend=backend, connect_timeout=connect_timeout)

@@ -46,7 +46,7 @@ from dinosaw_deploy.cli._progress import TileProgress
 @max_pixels_option
 def features_command(image: Path, output: Path, engine: Path, intensity_range, intensity_percentiles, page, level,
                      crop_databar, tile, overlap, batch, dtype, merge, no_preview, as_json, overwrite,
-                     backend: str, cluster: str | None, block: int | None,
+                     backend: str, cluster: str | None, block: int | None, connect_timeout: float,
                      max_pixels: int) -> None:
     """Patch features of IMAGE: (C, H // 14, W // 14) as a chunked zarr store (.zarr) or a float32 .npy.
 
@@ -59,7 +59,8 @@ def features_command(image: Path, output: Path, engine: Path, intensity_range, i
     engine = engine or DEFAULT_ENGINE
     extractor = FeatureExtractor(engine, batch_size=batch or TILED_DEFAULTS["batch"], backend=backend)
     tiled = {"tile": tile, "overlap": overlap, "batch": batch, "dtype": dtype, "merge": merge}
-    with TileProgress(quiet=as_json) as progress, cluster_executor(cluster, block, None, backend) as executor:
+    with (TileProgress(quiet=as_json) as progress,
+          cluster_executor(cluster, block, None, backend, connect_timeout) as executor):
         summary = extract_features(
             image, output, extractor, page=page, level=level, crop_databar=crop_databar, tiled=tiled,
             preview=not no_preview, intensity_range=tuple(intensity_range) if intensity_range else None,

@@ -42,7 +42,8 @@ from dinosaw_deploy.image.reader import require_file
 def segment_command(image: Path, labels_path: Path, output: Path, engine: Path | None, no_vit: bool,
                     save_model: Path | None, probabilities: bool, modal: int, crf: bool, contrast: str, rounds: int,
                     max_depth: int, device: str, threads: int | None, overwrite: bool, ground_truth: Path | None,
-                    backend: str, cluster: str | None, block: int | None, max_pixels: int) -> None:
+                    backend: str, cluster: str | None, block: int | None,
+                    connect_timeout: float, max_pixels: int) -> None:
     """Train on the scribbled pixels of IMAGE and segment all of it into a pyramidal OME-TIFF."""
     from dinosaw_deploy.segment.classifier import ClassifierParams
     from dinosaw_deploy.segment.run import segment_scan
@@ -51,7 +52,7 @@ def segment_command(image: Path, labels_path: Path, output: Path, engine: Path |
         raise DinosawError("--engine and --no-vit contradict each other; pass one")
     for path in (image, labels_path, *([ground_truth] if ground_truth else [])):  # before the engine's notice
         require_file(path, "input")
-    with TileProgress() as progress, cluster_executor(cluster, block, threads, backend) as executor:
+    with TileProgress() as progress, cluster_executor(cluster, block, threads, backend, connect_timeout) as executor:
         segment_scan(image, labels_path, output, extractor=open_engine(engine, no_vit, backend), save_model=save_model,
                      probabilities=probabilities, modal=modal, crf=crf, contrast=contrast,
                      classifier=ClassifierParams(rounds=rounds, max_depth=max_depth), device=device,
@@ -80,7 +81,8 @@ def segment_command(image: Path, labels_path: Path, output: Path, engine: Path |
 @max_pixels_option
 def apply_command(images: tuple[Path, ...], model_path: Path, output: Path, engine: Path | None, probabilities: bool,
                   modal: int, crf: bool, threads: int | None, overwrite: bool, ground_truths: tuple[Path, ...],
-                  backend: str, cluster: str | None, block: int | None, max_pixels: int) -> None:
+                  backend: str, cluster: str | None, block: int | None, connect_timeout: float,
+                  max_pixels: int) -> None:
     """Segment one or more IMAGES with a model saved by `fit` or `segment --save-model`."""
     from dinosaw_deploy.segment.bundle import load_bundle
     from dinosaw_deploy.segment.run import apply_scans
@@ -88,7 +90,7 @@ def apply_command(images: tuple[Path, ...], model_path: Path, output: Path, engi
     for path in (*images, model_path, *ground_truths):
         require_file(path, "input")
     uses_vit = load_bundle(model_path).config.get("vit") is not None
-    with TileProgress() as progress, cluster_executor(cluster, block, threads, backend) as executor:
+    with TileProgress() as progress, cluster_executor(cluster, block, threads, backend, connect_timeout) as executor:
         apply_scans(images, model_path, output, ground_truths=ground_truths, overwrite=overwrite, echo=click.echo,
                     extractor=open_engine(engine, not uses_vit, backend, required=True), probabilities=probabilities,
                     modal=modal, crf=crf, threads=threads, progress=progress, executor=executor,

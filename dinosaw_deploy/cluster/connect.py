@@ -18,7 +18,7 @@ from typing import Any
 
 from dinosaw_deploy.errors import DinosawError
 
-CONNECT_TIMEOUT_S = 30
+CONNECT_TIMEOUT_S = 5.0  # an absent tcp:// scheduler fails within this many seconds
 
 
 def _distributed():
@@ -61,13 +61,16 @@ def _slurm(config_path: Path):
 
 
 @contextmanager
-def connect(spec: str) -> Iterator[Any]:
-    """A ``distributed.Client`` for ``spec`` (closed, with any cluster it started, on exit).
+def connect(spec: str, timeout: float = CONNECT_TIMEOUT_S) -> Iterator[Any]:
+    """A ``distributed.Client`` for ``spec`` (closed, with any cluster it started, on exit); a ``tcp://``
+    scheduler that does not answer within ``timeout`` seconds is one clear error.
 
     >>> with connect("local:2") as client:
     ...     segment_scan(..., executor=DaskExecutor(client))
     """
     kind, arg = parse_spec(spec)
+    if not timeout > 0:
+        raise DinosawError(f"the connect timeout must be > 0 s, got {timeout}")
     distributed = _distributed()
     with ExitStack() as stack:
         if kind == "local":
@@ -80,7 +83,9 @@ def connect(spec: str) -> Iterator[Any]:
             client = stack.enter_context(distributed.Client(cluster))
         else:
             try:
-                client = stack.enter_context(distributed.Client(arg, timeout=CONNECT_TIMEOUT_S))
-            except OSError as exc:
-                raise DinosawError(f"cannot reach the dask scheduler at {arg}: {exc}") from None
+                client = stack.enter_context(distributed.Client(arg, timeout=timeout))
+            except OSError as exc:  # TimeoutError included
+                raise DinosawError(f"cannot reach the dask scheduler at {arg} within {timeout:g} s "
+                                   f"({type(exc).__name__}); is it running? (connect timeout: --connect-timeout)"
+                                   ) from None
         yield client

@@ -30,7 +30,7 @@ from dinosaw_deploy.cluster.blocks import (
     feature_blocks,
     label_blocks,
 )
-from dinosaw_deploy.cluster.connect import connect
+from dinosaw_deploy.cluster.connect import CONNECT_TIMEOUT_S, connect
 from dinosaw_deploy.cluster.tasks import FeatureJob, ImageRef, PredictJob, feature_block, predict_block
 from dinosaw_deploy.engine.extractor import FeatureExtractor
 from dinosaw_deploy.errors import DinosawError
@@ -164,8 +164,8 @@ class DaskExecutor:
 
 
 @contextmanager
-def cluster_executor(spec: str, *, block: int | None = None, threads: int = 1,
-                     backend: str = "auto") -> Iterator[DaskExecutor]:
-    """``connect(spec)`` and a :class:`DaskExecutor` on it, for the job's duration."""
-    with connect(spec) as client:
+def cluster_executor(spec: str, *, block: int | None = None, threads: int = 1, backend: str = "auto",
+                     connect_timeout: float = CONNECT_TIMEOUT_S) -> Iterator[DaskExecutor]:
+    """``connect(spec, connect_timeout)`` and a :class:`DaskExecutor` on it, for the job's duration."""
+    with connect(spec, connect_timeout) as client:
         yield DaskExecutor(client, block=block, threads=threads, backend=backend)
