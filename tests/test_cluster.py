@@ -51,11 +51,10 @@ def _stop(procs: list[subprocess.Popen]) -> None:
         proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def scheduler(tmp_path_factory):
-    """``dask scheduler`` + 2 ``dask worker --no-nanny`` (1 thread each) on 127.0.0.1; yields
-    (address, worker processes); everything is killed at teardown."""
-    logs = tmp_path_factory.mktemp("dask-logs")
+def _start_cluster(logs: Path, workers: int = 2) -> tuple[str, list[subprocess.Popen]]:
+    """``dask scheduler`` + ``workers`` ``dask worker --no-nanny`` (1 thread each) on 127.0.0.1, all started:
+    (address, [scheduler, *workers]); the caller stops them (:func:`_stop`)."""
+    logs.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -63,15 +62,26 @@ def scheduler(tmp_path_factory):
                                "--port", str(port), "--no-dashboard", "--dashboard-address", "127.0.0.1:0"], env=env,
                               stdout=subprocess.DEVNULL, stderr=open(logs / "scheduler.log", "w"))]
     try:
-        workers = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
-                                     "--no-nanny", "--host", "127.0.0.1", "--no-dashboard", "--dashboard-address",
-                                     "127.0.0.1:0", "--local-directory",
-                                     str(logs / f"w{i}")], env=env, stdout=subprocess.DEVNULL,
-                                    stderr=open(logs / f"worker{i}.log", "w")) for i in range(2)]
-        procs += workers
+        procs += [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+                                    "--no-nanny", "--host", "127.0.0.1", "--no-dashboard", "--dashboard-address",
+                                    "127.0.0.1:0", "--local-directory",
+                                    str(logs / f"w{i}")], env=env, stdout=subprocess.DEVNULL,
+                                   stderr=open(logs / f"worker{i}.log", "w")) for i in range(workers)]
         with distributed.Client(address, timeout=TIMEOUT_S) as client:
-            client.wait_for_workers(2, timeout=TIMEOUT_S)
-        yield address, workers
+            client.wait_for_workers(workers, timeout=TIMEOUT_S)
+    except BaseException:
+        _stop(procs)
+        raise
+    return address, procs
+
+
+@pytest.fixture(scope="module")
+def scheduler(tmp_path_factory):
+    """A scheduler and 2 workers (:func:`_start_cluster`); yields (address, worker processes); everything is
+    killed at teardown."""
+    address, procs = _start_cluster(tmp_path_factory.mktemp("dask-logs"))
+    try:
+        yield address, procs[1:]
     finally:
         _stop(procs)
 
@@ -320,3 +330,33 @@ def test_an_absent_scheduler_is_one_line_within_the_connect_timeout(tiny_engine,
     assert lines[0].startswith(f"Error: cannot reach the dask scheduler at {address} within 2 s")
     assert elapsed < 2 + 15, elapsed  # interpreter and dask imports included
     assert not (tmp_path / "f.zarr").exists()
+
+
+def test_a_scheduler_that_dies_mid_run_is_one_line_and_the_rerun_resumes(scan, reference, tiny_engine, tmp_path):
+    """SIGKILL the scheduler once the first block is on disk: one line saying how to resume; the same command
+    on a new scheduler finishes the store, equal to the single-process one."""
+    out = tmp_path / "f.zarr"
+    args = [sys.executable, "-m", "dinosaw_deploy.cli", "features", str(scan / "scan.tif"), "--engine",
+            str(tiny_engine), "-o", str(out), "--tile", str(TILE), "--dtype", "float32", "--no-preview",
+            "--block", "896", "--cluster"]
+    address, procs = _start_cluster(tmp_path / "logs1", workers=1)
+    try:
+        run = subprocess.Popen([*args, address], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        markers = tmp_path / "f.zarr.partial" / "blocks"
+        deadline = time.monotonic() + TIMEOUT_S
+        while not (markers.is_dir() and os.listdir(markers)) and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        procs[0].kill()
+        _, err = run.communicate(timeout=TIMEOUT_S)
+    finally:
+        _stop(procs)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert run.returncode == 1 and len(lines) == 1, err[-2000:]
+    assert lines[0].startswith("Error: lost the dask scheduler during the features stage") and "rerun" in lines[0]
+    address, procs = _start_cluster(tmp_path / "logs2", workers=1)
+    try:
+        again = subprocess.run([*args, address], capture_output=True, text=True, timeout=TIMEOUT_S * 2)
+    finally:
+        _stop(procs)
+    assert again.returncode == 0, again.stderr[-2000:]
+    _same_store(FeatureStore.open(out), reference)

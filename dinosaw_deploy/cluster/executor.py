@@ -55,7 +55,8 @@ def run_blocks(client: Any, func: Callable, job: Any, blocks: list[tuple[str, An
                progress: Progress | None = None) -> dict[str, Any]:
     """Run ``func(job, arg)`` for every ``(name, arg)`` on the cluster, ``job`` scattered once to
     every worker. A worker that dies has its blocks rerun elsewhere (by the scheduler); a block
-    that raises stops the run with a DinosawError naming it. Returns timing figures."""
+    that raises stops the run with a DinosawError naming it; a scheduler that dies, with one saying how to
+    resume (the blocks already written keep their markers). Returns timing figures."""
     from distributed import as_completed
 
     started = time.perf_counter()
@@ -64,14 +65,24 @@ def run_blocks(client: Any, func: Callable, job: Any, blocks: list[tuple[str, An
     futures = {client.submit(func, state, arg, key=f"dinosaw-{stage}-{name}-{token}", retries=0): name
                for name, arg in blocks}
     results = []
+
+    def lost() -> DinosawError:
+        return DinosawError(f"lost the dask scheduler during the {stage} stage ({len(results)} of {len(futures)} "
+                            "blocks finished, and kept): restart the scheduler and its workers, then rerun the same "
+                            "command to resume")
+
     try:
-        for done, future in enumerate(as_completed(futures), start=1):
-            if future.status != "finished":
+        for future in as_completed(futures):
+            if future.status == "error":
                 exc = future.exception()
                 raise DinosawError(f"{stage} block {futures[future]} failed: {type(exc).__name__}: {exc}")
+            if future.status != "finished":  # cancelled or lost: the scheduler went away under us
+                raise lost()
             results.append(future.result())
             if progress:
-                progress(done, len(futures))
+                progress(len(results), len(futures))
+    except OSError:  # the connection to the scheduler closed while we waited or gathered
+        raise lost() from None
     finally:
         client.cancel(list(futures))
     seconds = time.perf_counter() - started
