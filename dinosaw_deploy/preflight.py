@@ -11,9 +11,11 @@ at :data:`LABEL_COMPRESSION` times less than raw, plus a third for their pyramid
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +76,27 @@ def check_space(planned: Iterable[Planned]) -> None:
             what = " + ".join(f"{i.what} {_size(i.nbytes)}" for i in items)
             raise DinosawError(f"the outputs need about {_size(need)} ({what}) but only {_size(free)} is free on the "
                                f"filesystem of {folder}; free space or write the outputs elsewhere")
+
+
+@contextmanager
+def out_of_space(planned: list[Planned]) -> Iterator[None]:
+    """Turn a full disk met while writing ``planned`` -- in this thread or raised here from a writer thread --
+    into one :class:`DinosawError` naming the filesystem, its free space and the outputs' estimate."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = Path(exc.filename) if exc.filename else planned[0].path if planned else Path.cwd()
+        folder = _existing_folder(where)
+        try:
+            free = _size(shutil.disk_usage(folder).free)
+        except OSError:
+            free = "unknown"
+        need = _size(sum(i.nbytes for i in planned))
+        raise DinosawError(f"no space left while writing {where} ({free} free on the filesystem of {folder}; "
+                           f"the outputs need at least about {need}): free space or write elsewhere, then rerun "
+                           "the same command to resume the unfinished work") from None
 
 
 def _existing_folder(path: Path) -> Path:

@@ -84,3 +84,57 @@ def _classical_model(tmp_path: Path) -> Path:
     image, truth = synthetic_micrograph(96, 96, seed=0)
     seg = Segmenter(classifier=ClassifierParams(rounds=2), threads=1).fit(image, synthetic_scribbles(truth, seed=0))
     return seg.save(tmp_path / "m.dsw")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (root only; skipped where it cannot be mounted), unmounted afterwards."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_disk_that_fills_during_the_run_is_one_line_naming_the_path(small_disk, tmp_path):
+    """Label and probability images that pass the preflight's estimate but then fill the disk: one line with the
+    path, the free space and the resume hint."""
+    from dinosaw_deploy.synthetic import synthetic_scribbles, write_synthetic_tiff
+
+    scan = write_synthetic_tiff(tmp_path / "scan.tif", 1400, 1400, seed=2)
+    truth = tifffile.imread(write_synthetic_tiff(tmp_path / "truth.tif", 1400, 1400, seed=2, labels=True))
+    tifffile.imwrite(tmp_path / "s.tif", synthetic_scribbles(truth, seed=0))
+    (small_disk / "ballast").write_bytes(b"\0" * (1536 << 10))  # ~0.5 MiB left: enough for the estimate only
+    result = cli("segment", scan, "--labels", tmp_path / "s.tif", "-o", small_disk / "o.ome.tif", "--no-vit",
+                 "--probabilities", "--rounds", "5")
+    assert_one_line_error(result, "no space left while writing")
+    assert str(small_disk) in result.stderr and "rerun the same command to resume" in result.stderr
+
+
+def test_a_disk_that_fills_under_zarrs_writer_threads_is_one_error(tiny_engine, small_disk, tmp_path, capfd):
+    """The disk fills after the first tile row of a feature store (zarr writes chunks from its own threads):
+    one DinosawError naming the store's filesystem and the resume hint, no thread traceback."""
+    from dinosaw_deploy.engine.extractor import FeatureExtractor
+    from dinosaw_deploy.synthetic import write_synthetic_tiff
+    from dinosaw_deploy.tiling.run import extract_features
+
+    scan = write_synthetic_tiff(tmp_path / "scan.tif", 1400, 1400, seed=2)
+
+    def fill(done: int, total: int) -> None:
+        if 0 < done < total and not (small_disk / "ballast").exists():
+            with open(small_disk / "ballast", "wb") as handle:
+                with pytest.raises(OSError):
+                    while True:
+                        handle.write(b"\0" * (64 << 10))
+                        handle.flush()
+
+    with pytest.raises(DinosawError, match="No space left on device|no space left while writing") as caught:
+        extract_features(scan, small_disk / "f.zarr", FeatureExtractor(tiny_engine), tiled={"dtype": "float16"},
+                         preview=False, progress=fill)
+    assert str(small_disk) in str(caught.value) and "rerun the same command to resume" in str(caught.value)
+    assert "Traceback" not in capfd.readouterr().err

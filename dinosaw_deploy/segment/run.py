@@ -48,7 +48,15 @@ from dinosaw_deploy.files import (
 from dinosaw_deploy.image.ome_writer import write_ome_pyramid
 from dinosaw_deploy.image.ome_zarr import build_levels, create_ome_zarr, publish
 from dinosaw_deploy.image.reader import ImageReader, open_image
-from dinosaw_deploy.preflight import DEFAULT_MAX_PIXELS, Planned, check_pixels, check_space, feature_store_bytes, label_bytes
+from dinosaw_deploy.preflight import (
+    DEFAULT_MAX_PIXELS,
+    Planned,
+    check_pixels,
+    check_space,
+    feature_store_bytes,
+    label_bytes,
+    out_of_space,
+)
 from dinosaw_deploy.segment.classifier import ClassifierParams
 from dinosaw_deploy.segment.contrast import ClaheConfig
 from dinosaw_deploy.segment.labels import (
@@ -324,8 +332,9 @@ def _write_outputs(paths: dict[str, Path], seg: Segmenter, gray: GrayImage, read
 
 
 def _preflight(reader: ImageReader, paths: dict[str, Path], work: Path, extractor: FeatureExtractor | None,
-               classes: int, max_pixels: int) -> None:
-    """Refuse, from the header alone, an image above ``max_pixels`` or outputs that cannot fit on their disks."""
+               classes: int, max_pixels: int) -> list[Planned]:
+    """Refuse, from the header alone, an image above ``max_pixels`` or outputs that cannot fit on their disks;
+    returns what was planned."""
     check_pixels(reader.shape, max_pixels, reader.path.name)
     planned = [Planned(paths["labels"], label_bytes(reader.shape), "labels")]
     if "probabilities" in paths:
@@ -334,6 +343,7 @@ def _preflight(reader: ImageReader, paths: dict[str, Path], work: Path, extracto
         planned.append(Planned(work / "features.zarr", feature_store_bytes(
             reader.shape, extractor.patch_size, extractor.embed_dim), "ViT feature store"))
     check_space(planned)
+    return planned
 
 
 def _run(image: Path, output: Path, inputs: list[Path], options: dict[str, Any], *, overwrite: bool,
@@ -355,25 +365,27 @@ def _run(image: Path, output: Path, inputs: list[Path], options: dict[str, Any],
     check_output(work_path(output), inputs, overwrite=True)
     run = {"command": options, "inputs": [fingerprint(p) for p in inputs]}
     with open_image(image) as reader:
-        _preflight(reader, paths, work_path(output), extractor, classes, max_pixels)
-        checked = check(reader) if check is not None else None
-        if ground_truth is not None:
-            with open_image(ground_truth) as truth:
-                if tuple(truth.shape) != tuple(reader.shape):
-                    raise DinosawError(f"{ground_truth}: ground truth is {truth.shape[0]}x{truth.shape[1]} px but "
-                                       f"the image is {reader.shape[0]}x{reader.shape[1]} px")
-        work = _work_dir(output, run, inputs, echo)
-        seg = get_segmenter(work)
-        gray = seg.gray_image(reader)
-        grid = _patch_grid(reader, extractor, work, echo, progress, executor=executor)
-        if seg.booster is None:
-            train(seg, gray, grid, work, checked)
-        targets = _targets(paths, seg, tuple(reader.shape), reader.info.pixel_size, work)
-        labels, probs = _predict(seg, gray, grid, work, targets, modal=modal, crf=crf, echo=echo, progress=progress,
-                                 executor=executor)
-        quality = _quality(labels, seg.label_classes, ground_truth, echo)  # before an OME-Zarr target moves
-        _write_outputs(paths, seg, gray, reader, labels, probs, targets, echo, checked)
-        result = ScanResult(paths, list(seg.label_classes), tuple(reader.shape), reader.info.pixel_size, quality)
+        planned = _preflight(reader, paths, work_path(output), extractor, classes, max_pixels)
+        with out_of_space(planned):
+            checked = check(reader) if check is not None else None
+            if ground_truth is not None:
+                with open_image(ground_truth) as truth:
+                    if tuple(truth.shape) != tuple(reader.shape):
+                        raise DinosawError(f"{ground_truth}: ground truth is {truth.shape[0]}x{truth.shape[1]} px "
+                                           f"but the image is {reader.shape[0]}x{reader.shape[1]} px")
+            work = _work_dir(output, run, inputs, echo)
+            seg = get_segmenter(work)
+            gray = seg.gray_image(reader)
+            grid = _patch_grid(reader, extractor, work, echo, progress, executor=executor)
+            if seg.booster is None:
+                train(seg, gray, grid, work, checked)
+            targets = _targets(paths, seg, tuple(reader.shape), reader.info.pixel_size, work)
+            labels, probs = _predict(seg, gray, grid, work, targets, modal=modal, crf=crf, echo=echo,
+                                     progress=progress, executor=executor)
+            quality = _quality(labels, seg.label_classes, ground_truth, echo)  # before an OME-Zarr target moves
+            _write_outputs(paths, seg, gray, reader, labels, probs, targets, echo, checked)
+            result = ScanResult(paths, list(seg.label_classes), tuple(reader.shape), reader.info.pixel_size,
+                                quality)
     return work, result
 
 
@@ -516,16 +528,18 @@ def fit_scans(
         readers = [stack.enter_context(open_image(image)) for image, _ in pairs]
         for reader in readers:
             check_pixels(reader.shape, max_pixels, reader.path.name)
-        if extractor is not None:
-            check_space(Planned(work_path(output) / f"features_{i}.zarr", feature_store_bytes(
+        planned = [] if extractor is None else [
+            Planned(work_path(output) / f"features_{i}.zarr", feature_store_bytes(
                 reader.shape, extractor.patch_size, extractor.embed_dim), f"ViT features of {reader.path.name}")
-                for i, reader in enumerate(readers))
+            for i, reader in enumerate(readers)]
+        check_space(planned)
         scribbles = [load_scribbles(labels, reader.shape) for (_, labels), reader in zip(pairs, readers)]
         work = _work_dir(output, run, inputs, echo)
         items = []
         for i, ((image, _), reader, marks) in enumerate(zip(pairs, readers, scribbles)):
             echo(f"{image.name}: {int(marks.counts().sum())} labelled px")
-            grid = _patch_grid(reader, extractor, work, echo, progress, name=f"features_{i}.zarr")
+            with out_of_space(planned):
+                grid = _patch_grid(reader, extractor, work, echo, progress, name=f"features_{i}.zarr")
             items.append((seg.gray_image(reader), marks, grid))
         echo(f"training on {len(items)} images ...")
         seg.fit_sources(items)

@@ -19,7 +19,14 @@ from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.files import atomic_path, atomic_write_bytes, check_output, output_lock
 from dinosaw_deploy.image.intensity import fit_intensity_range
 from dinosaw_deploy.image.reader import ImageReader, open_image
-from dinosaw_deploy.preflight import DEFAULT_MAX_PIXELS, Planned, check_pixels, check_space, feature_store_bytes
+from dinosaw_deploy.preflight import (
+    DEFAULT_MAX_PIXELS,
+    Planned,
+    check_pixels,
+    check_space,
+    feature_store_bytes,
+    out_of_space,
+)
 from dinosaw_deploy.tiling.pipeline import extract_tiled, run_tiles, tile_input
 from dinosaw_deploy.tiling.preview import preview_path, write_preview
 from dinosaw_deploy.tiling.store import FeatureStore
@@ -72,15 +79,17 @@ def extract_features(
     with output_lock(outputs), open_image(image, page=page, level=level, crop_databar=crop_databar) as reader:
         check_pixels(reader.shape, max_pixels, image.name)
         dtype = "float32" if suffix == ".npy" else tiled.get("dtype", TILED_DEFAULTS["dtype"])
-        check_space([Planned(output, feature_store_bytes(reader.shape, extractor.patch_size, extractor.embed_dim,
-                                                         dtype), "feature store")])
+        planned = [Planned(output, feature_store_bytes(reader.shape, extractor.patch_size, extractor.embed_dim, dtype),
+                           "feature store")]
+        check_space(planned)
         if suffix == ".npy":
             return _whole_image(reader, extractor, output, intensity_range=intensity_range, percentiles=percentiles)
         options = {**TILED_DEFAULTS, **tiled}
-        summary = extract_tiled(reader, extractor, output, tile=options["tile"], overlap=options["overlap"],
-                                window=options["merge"], batch=options["batch"], dtype=options["dtype"],
-                                intensity_range=intensity_range, percentiles=percentiles, progress=progress,
-                                runner=runner)
+        with out_of_space(planned):
+            summary = extract_tiled(reader, extractor, output, tile=options["tile"], overlap=options["overlap"],
+                                    window=options["merge"], batch=options["batch"], dtype=options["dtype"],
+                                    intensity_range=intensity_range, percentiles=percentiles, progress=progress,
+                                    runner=runner)
         if preview:
             summary["preview"] = str(write_preview(FeatureStore.open(output), preview_path(output)))
     return summary
