@@ -40,9 +40,9 @@ from dinosaw_deploy.engine.backends.plan_manifest import (
 from dinosaw_deploy.engine.backends.profile import TileProfile, make_profile
 from dinosaw_deploy.engine.backends.tensorrt import TensorRTBackend, import_tensorrt
 from dinosaw_deploy.engine.bias import BiasConfig, attention_bias
-from dinosaw_deploy.engine.manifest import write_manifest
+from dinosaw_deploy.engine.manifest import sidecar_path, write_manifest
 from dinosaw_deploy.errors import DinosawError
-from dinosaw_deploy.files import atomic_path, atomic_write_bytes, file_sha256
+from dinosaw_deploy.files import atomic_path, atomic_write_bytes, check_output, file_sha256, output_lock
 
 from .verify import PLAN_CRITERIA, compare, verify_outputs
 
@@ -216,37 +216,37 @@ def build_plan(
     trt = import_tensorrt()
     precision = plan_precision(source_precision, options.fp16_flag, version_tuple(trt.__version__)[0])
     plan_path = plan_path_for(onnx_path, precision)
-    if plan_path.exists() and not overwrite:
-        raise DinosawError(f"{plan_path} exists; pass --overwrite to rebuild it")
+    check_output(plan_path, [onnx_path], overwrite)
     device = CudaRuntime().device_info()
     machine = MachineInfo(str(trt.__version__), device.name, device.compute_capability)
     cache_path = timing_cache_path(onnx_path.parent, machine)
-    cached = cache_path.read_bytes() if cache_path.is_file() else b""
-    echo(f"building {plan_path.name} ({precision}, tiles {profile.min_tile}..{profile.max_tile} px, batch <= "
-         f"{profile.max_batch}) with TensorRT {trt.__version__} on {device.name}; this takes minutes")
-    start = time.perf_counter()
-    plan_bytes, cache_bytes = build_serialized(trt, onnx_path, options, precision, profile, cached, echo)
-    seconds = time.perf_counter() - start
-    if cache_bytes is not None:
-        atomic_write_bytes(cache_path, cache_bytes)
-    builder = {
-        "strongly_typed": precision != "fp16-flag",
-        "opt_level": options.opt_level,
-        "workspace_gib": options.workspace_gib,
-        "hardware_compatibility": "ampere_plus" if options.hardware_compatible else "none",
-        "version_compatible": options.version_compatible,
-        "timing_cache": cache_path.name if cache_bytes is not None else None,
-    }
-    reference = onnx_path.with_name(onnx_path.name.replace(".fp16.onnx", ".onnx"))
-    with atomic_path(plan_path) as tmp:
-        tmp.write_bytes(plan_bytes)
-        record = plan_manifest(onnx_manifest, plan_name=plan_path.name, source_onnx=onnx_path, precision=precision,
-                               machine=machine, profile=profile.to_dict(), builder=builder,
-                               plan_sha256=file_sha256(tmp))
-        report = verify_plan(tmp, record, reference if reference.is_file() else onnx_path)
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    record.update(created=created, build_seconds=round(seconds, 1), verification=report)
-    write_manifest(plan_path, record)
-    echo(f"wrote {plan_path} in {seconds:.0f} s (verified vs {report['reference']}: max abs "
-         f"{report['max_abs_error']:.2e}, min token cosine {report['min_token_cosine']:.6f})")
+    with output_lock([plan_path, sidecar_path(plan_path), cache_path]):  # one builder per plan
+        cached = cache_path.read_bytes() if cache_path.is_file() else b""
+        echo(f"building {plan_path.name} ({precision}, tiles {profile.min_tile}..{profile.max_tile} px, batch <= "
+             f"{profile.max_batch}) with TensorRT {trt.__version__} on {device.name}; this takes minutes")
+        start = time.perf_counter()
+        plan_bytes, cache_bytes = build_serialized(trt, onnx_path, options, precision, profile, cached, echo)
+        seconds = time.perf_counter() - start
+        if cache_bytes is not None:
+            atomic_write_bytes(cache_path, cache_bytes)
+        builder = {
+            "strongly_typed": precision != "fp16-flag",
+            "opt_level": options.opt_level,
+            "workspace_gib": options.workspace_gib,
+            "hardware_compatibility": "ampere_plus" if options.hardware_compatible else "none",
+            "version_compatible": options.version_compatible,
+            "timing_cache": cache_path.name if cache_bytes is not None else None,
+        }
+        reference = onnx_path.with_name(onnx_path.name.replace(".fp16.onnx", ".onnx"))
+        with atomic_path(plan_path) as tmp:
+            tmp.write_bytes(plan_bytes)
+            record = plan_manifest(onnx_manifest, plan_name=plan_path.name, source_onnx=onnx_path, precision=precision,
+                                   machine=machine, profile=profile.to_dict(), builder=builder,
+                                   plan_sha256=file_sha256(tmp))
+            report = verify_plan(tmp, record, reference if reference.is_file() else onnx_path)
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        record.update(created=created, build_seconds=round(seconds, 1), verification=report)
+        write_manifest(plan_path, record)
+        echo(f"wrote {plan_path} in {seconds:.0f} s (verified vs {report['reference']}: max abs "
+             f"{report['max_abs_error']:.2e}, min token cosine {report['min_token_cosine']:.6f})")
     return plan_path

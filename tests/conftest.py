@@ -1,6 +1,8 @@
 """Shared fixtures: the golden reference sets and a tiny exported engine."""
 from __future__ import annotations
 
+import contextlib
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -44,3 +46,25 @@ def tiny_engine(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("engines")
     run_export(TINY / "weights_timm.pth", out_dir=out, name="tiny", fp16=True, config_path=TINY / "config.json")
     return out / "tiny.onnx"
+
+
+@contextlib.contextmanager
+def locked_elsewhere(*paths):
+    """Hold ``files.output_lock`` on ``paths`` from another thread (the owning thread may nest)."""
+    from dinosaw_deploy.files import output_lock
+
+    taken, release = threading.Event(), threading.Event()
+
+    def hold():
+        with output_lock(paths):
+            taken.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert taken.wait(10)
+    try:
+        yield
+    finally:
+        release.set()
+        holder.join(10)

@@ -28,7 +28,7 @@ from dinosaw_deploy.engine.manifest import read_manifest, write_manifest
 from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.files import file_sha256
 
-from .conftest import DEPTH2, TINY, golden_cases
+from .conftest import DEPTH2, TINY, golden_cases, locked_elsewhere
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
@@ -651,6 +651,17 @@ def test_build_plan_writes_a_verified_plan_manifest_and_timing_cache(fake_gpu, e
         export_trt.build_plan(engines / "tiny.fp16.onnx", SMALL)
     export_trt.build_plan(engines / "tiny.fp16.onnx", SMALL, overwrite=True)
     assert trt.builds[-1]["config"].cache.builds == 1 and cache.read_bytes().endswith(b"|++")  # reused, extended
+
+
+def test_a_plan_being_built_is_locked(fake_gpu, engines):
+    """A second builder of the same plan stops at once instead of racing the first to the rename."""
+    trt, _ = fake_gpu
+    plan = plan_path_for(engines / "tiny.fp16.onnx", "fp16")
+    with locked_elsewhere(plan):
+        with pytest.raises(DinosawError, match="being written by another"):
+            export_trt.build_plan(engines / "tiny.fp16.onnx", SMALL)
+    assert not plan.exists() and not trt.builds
+    assert export_trt.build_plan(engines / "tiny.fp16.onnx", SMALL) == plan
 
 
 def test_build_options_reach_the_builder(fake_gpu, engines):

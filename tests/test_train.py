@@ -24,7 +24,7 @@ from dinosaw_deploy.export.train.recipe import load_recipe, recipe_from_dict  # 
 from dinosaw_deploy.export.train.targets import TargetCache, cosine_loss, distill_targets  # noqa: E402
 from dinosaw_deploy.synthetic import synthetic_micrograph  # noqa: E402
 
-from .conftest import TINY  # noqa: E402
+from .conftest import TINY, locked_elsewhere  # noqa: E402
 
 ZERO = [5, 47]
 HEADS = 6
@@ -251,6 +251,15 @@ def test_recipes_are_validated(work, tmp_path):
         train(work / "teacher.pth", work / "train", tmp_path / "x.pth", num_heads=HEADS, device="cpu",
               recipe=recipe_from_dict({**RECIPE, "zero_channels": [359]}))
     assert not (tmp_path / "x.pth").exists()
+
+
+def test_a_checkpoint_being_trained_is_locked(work, tmp_path):
+    """A second run writing the same checkpoint (or its state) stops before loading anything."""
+    out = tmp_path / "s.pth"
+    for held in (out, tmp_path / "s.pth.state"):
+        with locked_elsewhere(held), pytest.raises(DinosawError, match="being written by another"):
+            train(work / "teacher.pth", work / "val", out, num_heads=HEADS, device="cpu")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_trains_and_fails_cleanly(work, tmp_path):

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from dinosaw_deploy.engine.bias import BiasConfig, attention_bias
 from dinosaw_deploy.errors import DinosawError
-from dinosaw_deploy.files import atomic_path, check_output, file_sha256
+from dinosaw_deploy.files import atomic_path, check_output, file_sha256, output_lock
 
 from ..checkpoint import load_checkpoint, resolve_checkpoint
 from ..model import AlibiDv2
@@ -230,47 +230,48 @@ def train(
     if output.suffix != ".pth":
         raise DinosawError(f"the student checkpoint must end in .pth, got {output.name}")
     inputs = [Path(p) for p in (teacher, images, init) if p is not None and not str(p).startswith("hf://")]
-    check_output(output, inputs, overwrite or resume)
-    if not resume and not overwrite and state_path(output).exists():
-        raise DinosawError(f"{state_path(output)} is left from an earlier run: pass --resume to continue it "
-                           "or --overwrite to start again")
-    run_device = resolve_device(device)
-    teacher_path = resolve_checkpoint(teacher)
-    teacher_model = load_teacher(teacher_path, num_heads).to(run_device)
-    config = teacher_model.config
-    bad = [c for c in recipe.zero_channels if c >= config.embed_dim]
-    if bad:
-        raise DinosawError(f"zero_channels {bad} do not exist: the model has {config.embed_dim} channels")
-    for stage in recipe.stages:
-        if stage.image_size % config.patch_size:
-            raise DinosawError(f"stage {stage.name}: image_size {stage.image_size} is not a multiple of "
-                               f"the patch size {config.patch_size}")
-    paths = find_images(images)
-    student, bias = _make_student(teacher_model, init)
-    fingerprint = {
-        "recipe": json.dumps(recipe.to_dict(), sort_keys=True),
-        "teacher_sha256": file_sha256(teacher_path),
-        "images_sha256": hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest(),
-        "bias": json.dumps(bias.to_dict(), sort_keys=True),
-    }
-    run = _Run(recipe, teacher_model, student.to(run_device), bias, paths, output, fingerprint, run_device,
-               Path(targets_dir) if targets_dir is not None else None, workers, max_steps, echo)
-    optimizer_state: dict = {}
-    if resume:
-        run.position, optimizer_state = _restore(output, student, fingerprint)
-        echo(f"resuming at step {run.position.step} (stage {run.position.stage + 1}, epoch {run.position.epoch + 1}, "
-             f"batch {run.position.batch + 1})")
-    else:
-        log_path(output).unlink(missing_ok=True)  # a fresh run starts a fresh log
-        run.save(None)  # the starting point, so even an early interruption can be resumed
-    echo(f"training on {len(paths)} images ({run_device.type}); stages: "
-         + ", ".join(f"{s.name} {s.image_size} px x {s.epochs} epochs" for s in recipe.stages))
-    for index in range(run.position.stage, len(recipe.stages)):
-        if not run.run_stage(index, optimizer_state):
-            break
-        optimizer_state = {}
-    finished = run.position.stage == len(recipe.stages)
-    return TrainResult(output, run.position.step, run.last_loss, finished)
+    with output_lock([output, state_path(output), log_path(output)]):  # one run per checkpoint
+        check_output(output, inputs, overwrite or resume)
+        if not resume and not overwrite and state_path(output).exists():
+            raise DinosawError(f"{state_path(output)} is left from an earlier run: pass --resume to continue it "
+                               "or --overwrite to start again")
+        run_device = resolve_device(device)
+        teacher_path = resolve_checkpoint(teacher)
+        teacher_model = load_teacher(teacher_path, num_heads).to(run_device)
+        config = teacher_model.config
+        bad = [c for c in recipe.zero_channels if c >= config.embed_dim]
+        if bad:
+            raise DinosawError(f"zero_channels {bad} do not exist: the model has {config.embed_dim} channels")
+        for stage in recipe.stages:
+            if stage.image_size % config.patch_size:
+                raise DinosawError(f"stage {stage.name}: image_size {stage.image_size} is not a multiple of "
+                                   f"the patch size {config.patch_size}")
+        paths = find_images(images)
+        student, bias = _make_student(teacher_model, init)
+        fingerprint = {
+            "recipe": json.dumps(recipe.to_dict(), sort_keys=True),
+            "teacher_sha256": file_sha256(teacher_path),
+            "images_sha256": hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest(),
+            "bias": json.dumps(bias.to_dict(), sort_keys=True),
+        }
+        run = _Run(recipe, teacher_model, student.to(run_device), bias, paths, output, fingerprint, run_device,
+                   Path(targets_dir) if targets_dir is not None else None, workers, max_steps, echo)
+        optimizer_state: dict = {}
+        if resume:
+            run.position, optimizer_state = _restore(output, student, fingerprint)
+            echo(f"resuming at step {run.position.step} (stage {run.position.stage + 1}, "
+                 f"epoch {run.position.epoch + 1}, batch {run.position.batch + 1})")
+        else:
+            log_path(output).unlink(missing_ok=True)  # a fresh run starts a fresh log
+            run.save(None)  # the starting point, so even an early interruption can be resumed
+        echo(f"training on {len(paths)} images ({run_device.type}); stages: "
+             + ", ".join(f"{s.name} {s.image_size} px x {s.epochs} epochs" for s in recipe.stages))
+        for index in range(run.position.stage, len(recipe.stages)):
+            if not run.run_stage(index, optimizer_state):
+                break
+            optimizer_state = {}
+        finished = run.position.stage == len(recipe.stages)
+        return TrainResult(output, run.position.step, run.last_loss, finished)
 
 
 def _restore(output: Path, student: AlibiDv2, fingerprint: dict[str, Any]) -> tuple[Position, dict]:
