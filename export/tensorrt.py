@@ -216,11 +216,11 @@ def build_plan(
     trt = import_tensorrt()
     precision = plan_precision(source_precision, options.fp16_flag, version_tuple(trt.__version__)[0])
     plan_path = plan_path_for(onnx_path, precision)
-    check_output(plan_path, [onnx_path], overwrite)
     device = CudaRuntime().device_info()
     machine = MachineInfo(str(trt.__version__), device.name, device.compute_capability)
     cache_path = timing_cache_path(onnx_path.parent, machine)
     with output_lock([plan_path, sidecar_path(plan_path), cache_path]):  # one builder per plan
+        check_output(plan_path, [onnx_path], overwrite)  # under the lock: a plan finished meanwhile counts
         cached = cache_path.read_bytes() if cache_path.is_file() else b""
         echo(f"building {plan_path.name} ({precision}, tiles {profile.min_tile}..{profile.max_tile} px, batch <= "
              f"{profile.max_batch}) with TensorRT {trt.__version__} on {device.name}; this takes minutes")
