@@ -1,4 +1,5 @@
-"""`dinosaw-deploy export`: checkpoint -> verified ONNX (fp32, optionally fp16) + manifests."""
+"""`dinosaw-deploy export`: checkpoint -> verified ONNX (fp32, optionally fp16, int8) + manifests,
+and on a TensorRT host a verified plan from the last of them."""
 from __future__ import annotations
 
 import os
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from dinosaw_deploy._version import __version__
+from dinosaw_deploy.engine.backends.plan_manifest import plan_path_for
 from dinosaw_deploy.engine.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAMES, OUTPUT_NAME
 from dinosaw_deploy.engine.manifest import sidecar_path, write_manifest
 from dinosaw_deploy.errors import DinosawError
@@ -17,6 +19,7 @@ from dinosaw_deploy.files import atomic_path, check_output, file_sha256, output_
 from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .onnx_export import OPSET, export_onnx, verify_onnx
 from .quantize import QUANTIZATION, quantize_int8
+from . import tensorrt as plans
 
 DEFAULT_NAME = "alibi_dv2_vits14"
 
@@ -25,6 +28,7 @@ DEFAULT_NAME = "alibi_dv2_vits14"
 class ExportResult:
     artifacts: list[Path] = field(default_factory=list)
     reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    plan: Path | None = None
 
 
 def artifact_metadata(loaded: LoadedCheckpoint, name: str, precision: str) -> dict[str, Any]:
@@ -98,29 +102,49 @@ def run_export(
     overrides: dict[str, Any] | None = None,
     echo: Callable[[str], None] = lambda _msg: None,
     overwrite: bool = False,
+    tensorrt: bool | None = False,
+    plan_options: plans.PlanOptions = plans.PlanOptions(),
 ) -> ExportResult:
     """Load ``checkpoint`` and write ``<out_dir>/<name>.onnx`` (and ``.fp16.onnx``, ``.int8.onnx``:
     the fp32 graph dynamically quantised for CPUs), each verified against PyTorch and described by a
-    ``.json`` manifest. Existing artifacts are replaced only with ``overwrite``; the checkpoint and
-    config are never replaced. The outputs are locked while written."""
+    ``.json`` manifest. With ``tensorrt`` (``None``: when ``fp16`` and TensorRT is installed) also build
+    a plan from the fp16 (else fp32) ONNX with ``plan_options``.
+
+    Everything that can be refused is refused before anything is written: existing artifacts (replaced
+    only with ``overwrite``; the checkpoint and config never), a missing TensorRT and tiles that the
+    checkpoint's patch does not divide. The outputs are locked while written."""
     out = Path(out_dir)
+    extra = [p for p, wanted in (("fp16", fp16), ("int8", int8)) if wanted]
+    targets = [(out / f"{name}.onnx", "fp32")] + [(out / f"{name}.{p}.onnx", p) for p in extra]
+    onnx_outputs = [p for path, _ in targets for p in (path, sidecar_path(path))]
+    inputs = [Path(p) for p in (checkpoint, config_path) if p is not None and Path(p).exists()]
+    build_plans = tensorrt if tensorrt is not None else (fp16 and plans.tensorrt_available())
+    plan_source = targets[1][0] if fp16 else targets[0][0]
+    if build_plans:
+        plans.import_tensorrt()  # a clear error now rather than after the slow export
+    plan_output = [plan_path_for(plan_source, "fp16" if fp16 else "fp32")] if build_plans else []
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DinosawError(f"cannot create output directory {out}: {exc.strerror}") from None
-    extra = [p for p, wanted in (("fp16", fp16), ("int8", int8)) if wanted]
-    targets = [(out / f"{name}.onnx", "fp32")] + [(out / f"{name}.{p}.onnx", p) for p in extra]
-    outputs = [p for path, _ in targets for p in (path, sidecar_path(path))]
-    inputs = [Path(p) for p in (checkpoint, config_path) if p is not None and Path(p).exists()]
-    for path in outputs:
+    for path in onnx_outputs + plan_output:
         check_output(path, inputs, overwrite)
-    with output_lock(outputs):
-        return _export_all(checkpoint, targets, name, config_path, overrides, echo)
+    with output_lock(onnx_outputs):  # build_plan takes the plan's own lock
+        result = _export_all(checkpoint, targets, name, config_path, overrides, echo,
+                             plan_options if build_plans else None)
+    if build_plans:
+        result.plan = plans.build_plan(plan_source, plan_options, overwrite=overwrite, echo=echo)
+    elif fp16 and tensorrt is None:
+        echo(f"TensorRT is not installed here, so no plan was built. On the GPU host run: "
+             f"dinosaw-deploy export --from-onnx {plan_source}")
+    return result
 
 
 def _export_all(checkpoint, targets: list[tuple[Path, str]], name: str, config_path, overrides,
-                echo: Callable[[str], None]) -> ExportResult:
+                echo: Callable[[str], None], plan_options: plans.PlanOptions | None) -> ExportResult:
     loaded = load_checkpoint(checkpoint, config_path=config_path, overrides=overrides)
+    if plan_options is not None:  # the plan's tiles against this checkpoint's patch, before any ONNX is written
+        plan_options.profile(artifact_metadata(loaded, name, "fp32"))
     echo(f"loaded {loaded.source} ({loaded.model.config.depth} blocks, dim {loaded.model.config.embed_dim})")
     result = ExportResult()
     for path, precision in targets:

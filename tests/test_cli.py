@@ -182,3 +182,20 @@ def test_info_refuses_what_the_runtime_refuses(tiny_engine, tmp_path):
         assert_clean_failure(invoke("info", artifact), fragment)
     ok = invoke("info", f"{tiny_engine}.json")
     assert ok.exit_code == 0 and json.loads(ok.output)["architecture"]["embed_dim"] == 96
+
+
+def test_progress_logs_an_eta_off_a_terminal_and_ignores_resumed_tiles(capsys, monkeypatch):
+    from dinosaw_deploy.cli import _progress
+
+    clock = iter([0.0, 10.0, 20.0, 30.0])
+    monkeypatch.setattr(_progress, "monotonic", lambda: next(clock))
+    with _progress.TileProgress(log_every=5) as progress:  # pytest's stderr is no terminal
+        progress(50, 150)  # a resumed run: 50 tiles were done before, at t=0
+        progress(60, 150)  # t=10: 10 tiles in 10 s, 90 left -> 90 s
+        progress(60, 150)  # t=20: nothing new since the start's speed, still logged (interval passed)
+        progress(150, 150)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "tiles 60/150 (40 %), 10 s elapsed, ETA 2 min"
+    assert lines[1] == "tiles 60/150 (40 %), 20 s elapsed, ETA 3 min"
+    assert lines[2] == "tiles 150/150 (100 %), 30 s elapsed, ETA 0 s" and len(lines) == 3
+    assert _progress._duration(42) == "42 s" and _progress._duration(3 * 3600 + 5 * 60) == "3 h 05 min"

@@ -899,6 +899,29 @@ def test_plans_without_tensorrt_or_manifest_are_clear_errors(engines, tmp_path):
         assert result.exit_code == 1 and "TensorRT is not installed" in result.output and not list(out.iterdir())
 
 
+
+def test_a_full_export_refuses_bad_tiles_before_writing_then_builds_the_plan(fake_gpu, tmp_path):
+    """``export --tensorrt`` checks --tile against the checkpoint's 14-px patch before any ONNX exists,
+    then exports and builds the plan in one call."""
+    from click.testing import CliRunner
+
+    from dinosaw_deploy.cli import main
+
+    out = tmp_path / "out"
+    args = ["export", "--checkpoint", str(TINY / "weights_timm.pth"), "--config", str(TINY / "config.json"),
+            "-o", str(out), "--name", "t", "--fp16", "--tensorrt", "--max-batch", "2", "--min-tile", "42",
+            "--max-tile", "84"]
+    result = CliRunner().invoke(main, [*args, "--tile", "75"])
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert "--tile 75 is not a multiple of the 14-px patch (try 70 or 84)" in result.output
+    assert not out.exists() or not list(out.iterdir())
+    result = CliRunner().invoke(main, [*args, "--tile", "70"])
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out.iterdir()} >= {"t.onnx", "t.fp16.onnx", "t.fp16.plan", "t.fp16.plan.json"}
+    assert read_manifest(out / "t.fp16.plan")["profile"]["opt_tile"] == 70
+    result = CliRunner().invoke(main, [*args, "--tile", "70"])  # everything exists: refused before any work
+    assert result.exit_code == 1 and "exists; pass --overwrite" in result.output
+
 # --------------------------------------------------------------------------- fp16 graph and numerics
 def _value_types(model) -> dict[str, int]:
     inferred = onnx.shape_inference.infer_shapes(model)

@@ -41,50 +41,26 @@ from dinosaw_deploy.errors import DinosawError
 def export_command(checkpoint, config_path, num_heads, fp16, int8, out_dir, name, tensorrt, from_onnx, tile, min_tile,
                    max_tile, max_batch, workspace, opt_level, hardware_compatible, version_compatible, overwrite) -> None:
     """Export ALiBi-Dv2 to ONNX, verified against PyTorch; on a GPU host also build TensorRT plans."""
-    from dinosaw_deploy.engine.backends.plan_manifest import plan_path_for
-    from dinosaw_deploy.export.tensorrt import PlanOptions, build_plan, import_tensorrt, tensorrt_available
+    from dinosaw_deploy.export.tensorrt import PlanOptions, build_plan
 
-    def plan_options(fp16_flag: bool) -> PlanOptions:
-        return PlanOptions(tile=tile, min_tile=min_tile, max_tile=max_tile, max_batch=max_batch,
-                           workspace_gib=workspace, opt_level=opt_level, fp16_flag=fp16_flag,
-                           hardware_compatible=hardware_compatible, version_compatible=version_compatible)
-
+    options = PlanOptions(tile=tile, min_tile=min_tile, max_tile=max_tile, max_batch=max_batch,
+                          workspace_gib=workspace, opt_level=opt_level, fp16_flag=fp16 and from_onnx is not None,
+                          hardware_compatible=hardware_compatible, version_compatible=version_compatible)
     if from_onnx is not None:
         if checkpoint or config_path or num_heads or int8 or tensorrt is False:
             raise DinosawError("--from-onnx only builds a plan: drop --checkpoint/--config/--num-heads/--int8/"
                                "--no-tensorrt")
-        build_plan(from_onnx, plan_options(fp16), overwrite=overwrite, echo=click.echo)
+        build_plan(from_onnx, options, overwrite=overwrite, echo=click.echo)
         return
-    build_plans = tensorrt if tensorrt is not None else (fp16 and tensorrt_available())
-    plan_source = Path(out_dir) / (f"{name}.fp16.onnx" if fp16 else f"{name}.onnx")
-    if build_plans:  # refuse bad plan options, no TensorRT or an existing plan before the slow export
-        options = plan_options(False)
-        import_tensorrt()
-        plan_path = plan_path_for(plan_source, "fp16" if fp16 else "fp32")
-        if plan_path.exists() and not overwrite:
-            raise DinosawError(f"{plan_path} exists; pass --overwrite to rebuild it")
     try:
         from dinosaw_deploy.export.build import run_export
     except ImportError as exc:
         raise DinosawError(
             f"export needs the build-side extra ({exc.name} is missing): pip install 'dinosaw-deploy[export]'"
         ) from None
-    run_export(
-        checkpoint,
-        out_dir=out_dir,
-        name=name,
-        fp16=fp16,
-        int8=int8,
-        config_path=config_path,
-        overrides={"num_heads": num_heads},
-        echo=click.echo,
-        overwrite=overwrite,
-    )
-    if build_plans:
-        build_plan(plan_source, options, overwrite=overwrite, echo=click.echo)
-    elif fp16:
-        click.echo(f"TensorRT is not installed here, so no plan was built. On the GPU host run: "
-                   f"dinosaw-deploy export --from-onnx {plan_source}")
+    run_export(checkpoint, out_dir=out_dir, name=name, fp16=fp16, int8=int8, config_path=config_path,
+               overrides={"num_heads": num_heads}, echo=click.echo, overwrite=overwrite, tensorrt=tensorrt,
+               plan_options=options)
 
 
 @click.command("info")
