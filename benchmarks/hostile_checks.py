@@ -93,21 +93,21 @@ def _preflight() -> None:
         tifffile.imwrite(path, data=(tile for _ in range((-(-side // 1024)) ** 2)), shape=(side, side),
                          dtype="uint8", tile=(1024, 1024), compression="zlib", bigtiff=True)
 
-        def opened() -> None:
-            with open_image(path):
-                pass
+        def opened() -> tuple[int, int]:
+            with open_image(path) as reader:
+                return reader.shape
+
+        shape, out = opened(), os.path.join(tmp, "out.ome.tif")
 
         def checked() -> None:
-            with open_image(path) as reader:
-                check_pixels(reader.shape, 10**11, "bomb.tif")
-                out = os.path.join(tmp, "out.ome.tif")
-                check_space([Planned(out, label_bytes(reader.shape), "labels"),
-                             Planned(out, feature_store_bytes(reader.shape, 14, 384), "features")])
+            for _ in range(100):
+                check_pixels(shape, 10**11, "bomb.tif")
+                check_space([Planned(out, label_bytes(shape), "labels"),
+                             Planned(out, feature_store_bytes(shape, 14, 384), "features")])
 
-        base, total = _best(opened), _best(checked)
-    print(f"preflight of a 40 000² tiled TIFF: open {base * 1e3:.1f} ms, open + preflight {total * 1e3:.1f} ms, "
-          f"preflight alone {(total - base) * 1e3:.2f} ms")
-
+        base, check = _best(opened), _best(checked) / 100
+    print(f"preflight of a 40 000² tiled TIFF: header read (open) {base * 1e3:.2f} ms, checks {check * 1e3:.3f} ms; "
+          f"total {(base + check) * 1e3:.2f} ms per input (target < 50 ms)")
 
 if __name__ == "__main__":
     main()
