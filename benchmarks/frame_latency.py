@@ -10,8 +10,8 @@ torch there, as on an acquisition PC), so its peak RSS is its own. The engine ru
 (``FeatureExtractor(batch_size=1)``: as fast on a CPU as batches of 4, and ONNX Runtime's activation
 arena stays ~3x smaller). Per configuration:
 
-* bare work: the engine (``Segmenter.patch_grid``), then filter bank + classifier
-  (``Segmenter.predict_tiles``), called directly on the cropped frame;
+* bare work: the engine (``PreparedImage.grid``), then filter bank + classifier
+  (``PreparedImage.labels``), called directly on the cropped frame;
 * LiveProcessor, one frame at a time (the result awaited before the next submit), alternating with
   the bare work: per-stage p50/p95 of ``FrameResult.timings``;
 * LiveProcessor, frames submitted back to back (``on_full="block"``): frames/s.
@@ -99,9 +99,10 @@ def pct(values: list[float]) -> dict[str, float]:
 def bare_work(seg: Segmenter, image: np.ndarray) -> tuple[float, float, object]:
     """The work without LiveProcessor: engine, then filter bank + classifier; (engine ms, classify ms, grid)."""
     t0 = time.perf_counter()
-    grid = seg.patch_grid(image)
+    prepared = seg.prepare(image, cache_bytes=0)
+    grid = prepared.grid
     t1 = time.perf_counter()
-    labels = seg.predict(image, grid=grid)
+    labels = prepared.labels()
     np.bincount(labels.ravel(), minlength=len(seg.label_classes) + 1)
     return (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3, grid
 

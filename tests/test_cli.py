@@ -199,3 +199,18 @@ def test_progress_logs_an_eta_off_a_terminal_and_ignores_resumed_tiles(capsys, m
     assert lines[1] == "tiles 60/150 (40 %), 20 s elapsed, ETA 3 min"
     assert lines[2] == "tiles 150/150 (100 %), 30 s elapsed, ETA 0 s" and len(lines) == 3
     assert _progress._duration(42) == "42 s" and _progress._duration(3 * 3600 + 5 * 60) == "3 h 05 min"
+
+
+def test_the_library_leaves_the_process_environment_alone(monkeypatch):
+    """Only the CLI (which owns its process) sets OpenMP's wait policy; training in the library does not."""
+    import os
+
+    from dinosaw_deploy import Segmenter
+    from dinosaw_deploy.synthetic import synthetic_micrograph, synthetic_scribbles
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    image, truth = synthetic_micrograph(160, 160, seed=4)
+    Segmenter(tile=160, threads=1).fit(image, synthetic_scribbles(truth, fraction=0.02, seed=4))
+    assert "OMP_WAIT_POLICY" not in os.environ
+    invoke("info", "missing.onnx")
+    assert os.environ.get("OMP_WAIT_POLICY") == "PASSIVE"

@@ -45,7 +45,7 @@ def test_stitched_features_are_each_tokens_own_tile(tiny_engine, tmp_path):
         grid = store.grid
         assert store.shape == (96, 500 // 14, 700 // 14) and summary["tiles"] == grid.num_tiles > 4
         for t in grid.tiles():
-            own = fx.run(tile_input(img.read_region(*grid.pixel_box(t)), fx, store.intensity_range)[None])[0]
+            own = fx.run(tile_input(img.read_region(*grid.pixel_region(t)), fx, store.intensity_range)[None])[0]
             mask = grid.weights(t) == 1
             stitched = store.read(t.y0, t.x0, grid.tile_h, grid.tile_w)
             np.testing.assert_allclose(stitched[:, mask], own[:, mask], atol=1e-5)

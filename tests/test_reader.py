@@ -203,3 +203,18 @@ def test_page_of_a_later_series_reports_that_series_levels(tmp_path):
         assert reader.shape == (32, 48)
         assert reader.info.levels == ((32, 48),)
         assert (reader.read_region(0, 0, 32, 48) == 1).all()
+
+
+@pytest.mark.parametrize("host_limit", [None, 100, 89_478_485])
+def test_pillow_bomb_guard_is_left_as_the_host_set_it(tmp_path, monkeypatch, host_limit):
+    """Reading a header never changes Pillow's process-wide limit; with a limit the file exceeds
+    (here 30x30 px > 2 x 100), the declared size still comes from the header."""
+    from PIL import Image
+
+    from dinosaw_deploy.image.reader import image_shape
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", host_limit)
+    small = tmp_path / "small.png"
+    Image.fromarray(np.zeros((30, 40), np.uint8)).save(small)
+    assert image_shape(small) == (30, 40)
+    assert Image.MAX_IMAGE_PIXELS == host_limit

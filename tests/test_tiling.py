@@ -20,7 +20,7 @@ def test_tiles_have_one_shape_and_cover_the_grid(height, width, tile, overlap):
     for t in grid.tiles():
         assert 0 <= t.y0 <= grid.grid_h - grid.tile_h and 0 <= t.x0 <= grid.grid_w - grid.tile_w
         covered[t.y0 : t.y0 + grid.tile_h, t.x0 : t.x0 + grid.tile_w] += 1
-        y, x, h, w = grid.pixel_box(t)
+        y, x, h, w = grid.pixel_region(t)
         assert y % 14 == 0 and x % 14 == 0 and y + h <= height and x + w <= width
     assert covered.min() >= 1
     for origins, size in ((grid.origins_y, grid.tile_h), (grid.origins_x, grid.tile_w)):

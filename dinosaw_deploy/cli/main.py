@@ -102,6 +102,10 @@ class FriendlyGroup(click.Group):
 def main(ctx: click.Context, debug: bool) -> None:
     """ALiBi-Dv2 features and scribble segmentation for large micrographs."""
     ctx.obj = {"debug": debug}
+    # This process is ours: OpenMP threads that sleep while they wait (unless the user set a policy).
+    # Spinning ones make XGBoost several times slower when other processes share the cores. The
+    # library leaves the setting to the application that embeds it.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 for command in (export_command, info_command, features_command, segment_command, fit_command, apply_command,

@@ -36,7 +36,7 @@ from dinosaw_deploy.engine.extractor import FeatureExtractor
 from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.files import fingerprint
 from dinosaw_deploy.image.reader import ImageReader
-from dinosaw_deploy.segment.segmenter import GrayImage, Segmenter
+from dinosaw_deploy.segment.prepared import PreparedImage
 from dinosaw_deploy.tiling.grid import TileGrid
 from dinosaw_deploy.tiling.pipeline import extract_tiled
 from dinosaw_deploy.tiling.store import ARRAY, FeatureStoreWriter
@@ -149,8 +149,9 @@ class DaskExecutor:
                 progress: Progress | None) -> None:
         self.stats["features"] = extract_tiled(reader, extractor, store, progress=progress, runner=self.runner)
 
-    def predict(self, seg: Segmenter, gray: GrayImage, grid: Any, targets: dict[str, Path], work: Path, *,
-                modal: int, crf: bool, echo: Callable[[str], None], progress: Progress | None) -> None:
+    def predict(self, prepared: PreparedImage, targets: dict[str, Path], work: Path, *, modal: int, crf: bool,
+                echo: Callable[[str], None], progress: Progress | None) -> None:
+        seg, gray, grid = prepared.segmenter, prepared.gray, prepared.grid
         markers = work / "done" / MARKERS
         groups = {block_name(extent(g)): g for g in label_blocks(tuple(gray.shape), seg.tile,
                                                                            self.block or DEFAULT_LABEL_BLOCK)}

@@ -24,7 +24,7 @@ from dinosaw_deploy.engine.extractor import FeatureExtractor
 from dinosaw_deploy.image.reader import open_image
 from dinosaw_deploy.segment.contrast import Clahe
 from dinosaw_deploy.segment.run import write_tile
-from dinosaw_deploy.segment.segmenter import GrayImage, Segmenter
+from dinosaw_deploy.segment.segmenter import Segmenter
 from dinosaw_deploy.tiling.grid import Box, TileGrid
 from dinosaw_deploy.tiling.pipeline import peak_rss_mb, tile_batch
 from dinosaw_deploy.tiling.store import CHUNK, FeatureStore
@@ -150,8 +150,9 @@ def predict_block(job: PredictJob, boxes: list[Box]) -> dict[str, float]:
     labels = zarr.open_array(job.targets["labels"], mode="r+")
     probs = zarr.open_array(job.targets["probabilities"], mode="r+") if "probabilities" in job.targets else None
     with job.image.open() as reader:
-        gray = GrayImage(reader, job.intensity_range, job.contrast)
-        for box, tile_labels, tile_probs in seg.predict_tiles(gray, boxes, grid, modal=job.modal, crf=job.crf):
+        prepared = seg.prepare(reader, intensity_range=job.intensity_range, contrast=job.contrast, grid=grid,
+                               cache_bytes=0)
+        for box, tile_labels, tile_probs in prepared.tiles(boxes, modal=job.modal, crf=job.crf):
             write_tile(labels, probs, box, tile_labels, tile_probs)
     _done(job.markers, block_name(extent(boxes)))
     return {"tiles": len(boxes), "seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb()}

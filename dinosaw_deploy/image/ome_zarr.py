@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 
 from dinosaw_deploy.errors import DinosawError
+from dinosaw_deploy.image.box import Box
 from dinosaw_deploy.image.ome_writer import pyramid_factors
 
 NGFF_VERSION = "0.5"
 SUFFIX = ".ome.zarr"
-Box = tuple[int, int, int, int]
 MapFn = Callable[[Callable[[Box], Any], list[Box]], Iterable[Any]]
 
 

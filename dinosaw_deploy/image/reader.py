@@ -100,14 +100,33 @@ def image_shape(path: str | os.PathLike) -> tuple[int, int] | None:
                 shape = read(handle)[0]
             shape = shape[1:] if channels_first(shape) else shape
             return (int(shape[0]), int(shape[1])) if len(shape) >= 2 else None
-        from PIL import Image
-
-        Image.MAX_IMAGE_PIXELS = None  # we apply our own limit to the declared size
-        with Image.open(path) as image:
-            width, height = image.size
+        width, height = _pillow_size(path)
         return int(height), int(width)
     except Exception:  # unreadable header: the decoder gives the precise error
         return None
+
+
+def _pillow_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the header, as Pillow reads it. Pillow's decompression-bomb guard
+    (``Image.MAX_IMAGE_PIXELS``, the host application's setting) is left as it is: when it refuses
+    to open the file, its format plugins -- which parse the header without the guard -- are asked
+    directly, the way ``Image.open`` asks them, so the caller can apply its own limit."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except Image.DecompressionBombError:
+        pass
+    Image.init()
+    with open(path, "rb") as handle:
+        prefix = handle.read(16)
+        for factory, accept in (Image.OPEN[name] for name in Image.ID):
+            found = not accept or accept(prefix)
+            if found and not isinstance(found, str):
+                handle.seek(0)
+                return factory(handle, str(path)).size
+    raise OSError(f"no Pillow plugin reads {path.name}")
 
 
 def channels_first(shape: tuple[int, ...], channels: tuple[int, ...] = (1, 3, 4)) -> bool:

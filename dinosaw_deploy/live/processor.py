@@ -29,6 +29,7 @@ import numpy as np
 from dinosaw_deploy.engine.extractor import FeatureExtractor
 from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.image.reader import to_channels_last
+from dinosaw_deploy.segment.prepared import VIT_NEEDS_ENGINE
 from dinosaw_deploy.segment.segmenter import Segmenter
 from dinosaw_deploy.tiling.pipeline import patch_features
 
@@ -129,9 +130,9 @@ class LiveProcessor:
         window: int = 1000,
     ) -> None:
         if isinstance(target, Segmenter):
-            target._check_fitted()
+            target.check_fitted()
             if target.pca is not None and target.extractor is None:
-                raise DinosawError("this model uses ViT features: load it with extractor=FeatureExtractor(engine)")
+                raise DinosawError(VIT_NEEDS_ENGINE)
         elif not isinstance(target, FeatureExtractor):
             raise DinosawError(f"target must be a Segmenter or a FeatureExtractor, not {type(target).__name__}")
         if on_full not in ON_FULL:
@@ -228,7 +229,7 @@ class LiveProcessor:
             started = time.perf_counter()
             try:
                 result = self._process(job.frame, job.meta)
-            except Exception as exc:  # noqa: BLE001 - any failure resolves this frame, the worker goes on
+            except Exception as exc:
                 if not isinstance(exc, DinosawError):
                     log.warning("frame %d failed unexpectedly", job.seq, exc_info=True)
                 job.frame = None
@@ -249,9 +250,10 @@ class LiveProcessor:
             features = patch_features(frame, self.target)
             return FrameResult(None, features, meta, {"features": (time.perf_counter() - t0) * 1e3, "classify": 0.0})
         seg = self.target
-        grid = seg.patch_grid(frame)  # the engine stage, timed apart; then exactly Segmenter.predict
+        prepared = seg.prepare(frame, cache_bytes=0)
+        grid = prepared.grid  # the engine stage, timed apart; then exactly Segmenter.predict
         t1 = time.perf_counter()
-        labels = seg.predict(frame, grid=grid)
+        labels = prepared.labels()
         counts = np.bincount(labels.ravel(), minlength=len(seg.label_classes) + 1)[1:]
         fractions = {c.name: float(n) / labels.size for c, n in zip(seg.label_classes, counts)}
         t2 = time.perf_counter()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import ctypes
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,10 +33,8 @@ class ClassifierParams:
 
 
 def _xgboost():
-    """Import xgboost with OpenMP threads that sleep while they wait (``OMP_WAIT_POLICY=PASSIVE``,
-    unless set): spinning threads make training several times slower when other processes share
-    the cores. Only effective if nothing loaded OpenMP earlier in the process."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    """Import xgboost (the environment is left alone: an application sharing its cores with other
+    processes may set ``OMP_WAIT_POLICY=PASSIVE`` before OpenMP loads, as the CLI does)."""
     import xgboost
 
     return xgboost

@@ -30,8 +30,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from dinosaw_deploy.errors import DinosawError
+from dinosaw_deploy.image.box import Box
 
-Box = tuple[int, int, int, int]  # y0, y1, x0, x1 (half-open)
 MEMBRANE_STATS = ("mean", "max", "min", "sum", "std", "median")
 SCALE_FEATURES = ("gaussian", "gradient", "hessian_eig1", "hessian_eig2", "hessian_mod", "hessian_trace",
                   "hessian_det")

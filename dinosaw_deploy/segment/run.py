@@ -69,7 +69,8 @@ from dinosaw_deploy.segment.labels import (
     iou_from_confusion,
     load_scribbles,
 )
-from dinosaw_deploy.segment.segmenter import GrayImage, Segmenter
+from dinosaw_deploy.segment.prepared import GrayImage, PreparedImage
+from dinosaw_deploy.segment.segmenter import Segmenter
 from dinosaw_deploy.tiling.grid import tile_boxes
 from dinosaw_deploy.tiling.pipeline import extract_tiled
 from dinosaw_deploy.tiling.store import FeatureStore, PatchGrid
@@ -88,9 +89,10 @@ class Executor(Protocol):
                 progress: Progress | None) -> None:
         """Write ``reader``'s feature store to ``store``, as ``extract_tiled`` with its defaults does."""
 
-    def predict(self, seg: Segmenter, gray: GrayImage, grid: PatchGrid | None, targets: dict[str, Path],
-                work: Path, *, modal: int, crf: bool, echo: Echo, progress: Progress | None) -> None:
-        """Predict every tile of ``seg.tile`` into the zarr arrays ``targets`` (labels, probabilities)."""
+    def predict(self, prepared: PreparedImage, targets: dict[str, Path], work: Path, *, modal: int, crf: bool,
+                echo: Echo, progress: Progress | None) -> None:
+        """Predict every tile of ``prepared.segmenter.tile`` into the zarr arrays ``targets`` (labels,
+        probabilities)."""
 
 
 @dataclass
@@ -199,16 +201,16 @@ def _targets(paths: dict[str, Path], seg: Segmenter, shape: tuple[int, int], pix
     return targets
 
 
-def _predict(seg: Segmenter, gray: GrayImage, grid: PatchGrid | None, work: Path, targets: dict[str, Path], *,
-             modal: int, crf: bool, echo: Echo, progress: Progress | None, executor: Executor | None = None):
+def _predict(prepared: PreparedImage, work: Path, targets: dict[str, Path], *, modal: int, crf: bool, echo: Echo,
+             progress: Progress | None, executor: Executor | None = None):
     """Predict every tile not yet done into the arrays ``targets``; returns (labels, probabilities|None)."""
     import zarr
 
-    shape, tile = tuple(gray.shape), seg.tile
+    shape, tile = prepared.shape, prepared.segmenter.tile
     labels = zarr.open_array(targets["labels"], mode="r+")
     probs = zarr.open_array(targets["probabilities"], mode="r+") if "probabilities" in targets else None
     if executor is not None:
-        executor.predict(seg, gray, grid, targets, work, modal=modal, crf=crf, echo=echo, progress=progress)
+        executor.predict(prepared, targets, work, modal=modal, crf=crf, echo=echo, progress=progress)
         return labels, probs
     done = work / "done"
     done.mkdir(exist_ok=True)
@@ -218,7 +220,7 @@ def _predict(seg: Segmenter, gray: GrayImage, grid: PatchGrid | None, work: Path
         echo(f"{len(boxes) - len(todo)} of {len(boxes)} tiles already predicted")
     echo(f"predicting {len(todo)} tiles ...")
     for count, (box, tile_labels, tile_probs) in enumerate(
-        seg.predict_tiles(gray, todo, grid, modal=modal, crf=crf), start=1
+        prepared.tiles(todo, modal=modal, crf=crf), start=1
     ):
         write_tile(labels, probs, box, tile_labels, tile_probs)
         (done / f"{box[0]}_{box[2]}").touch()
@@ -375,15 +377,15 @@ def _run(image: Path, output: Path, inputs: list[Path], options: dict[str, Any],
                                            f"but the image is {reader.shape[0]}x{reader.shape[1]} px")
             work = _work_dir(output, run, inputs, echo)
             seg = get_segmenter(work)
-            gray = seg.gray_image(reader)
             grid = _patch_grid(reader, extractor, work, echo, progress, executor=executor)
+            prepared = seg.prepare(reader, grid=grid, cache_bytes=0)  # each tile is computed once
             if seg.booster is None:
-                train(seg, gray, grid, work, checked)
+                train(prepared, work, checked)
             targets = _targets(paths, seg, tuple(reader.shape), reader.info.pixel_size, work)
-            labels, probs = _predict(seg, gray, grid, work, targets, modal=modal, crf=crf, echo=echo,
-                                     progress=progress, executor=executor)
+            labels, probs = _predict(prepared, work, targets, modal=modal, crf=crf, echo=echo, progress=progress,
+                                     executor=executor)
             quality = _quality(labels, seg.label_classes, ground_truth, echo)  # before an OME-Zarr target moves
-            _write_outputs(paths, seg, gray, reader, labels, probs, targets, echo, checked)
+            _write_outputs(paths, seg, prepared.gray, reader, labels, probs, targets, echo, checked)
             result = ScanResult(paths, list(seg.label_classes), tuple(reader.shape), reader.info.pixel_size,
                                 quality)
     return work, result
@@ -429,11 +431,12 @@ def segment_scan(
             return Segmenter.load(work / "model.dsw", extractor, threads=threads)
         return fresh
 
-    def train(seg: Segmenter, gray: GrayImage, grid: PatchGrid | None, work: Path, scribbles) -> None:
+    def train(prepared: PreparedImage, work: Path, scribbles) -> None:
+        seg = prepared.segmenter
         echo(scribbles.describe())
         echo(f"training on {int(scribbles.counts().sum())} labelled px "
              f"({seg.bank.num_channels + (seg.n_components if extractor else 0)} features) ...")
-        seg.fit_source(gray, scribbles, grid)
+        seg.fit_prepared([(prepared, scribbles)])
         seg.save(work / "model.dsw")
 
     extra = [save_model] if save_model else []
@@ -507,7 +510,7 @@ def fit_scans(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Segmenter:
     """Train one model (``output``, .dsw) on several (image, scribbles) pairs; see
-    :meth:`Segmenter.fit_sources` for how the images are combined. ViT patch features go to a
+    :meth:`Segmenter.fit_prepared` for how the images are combined. ViT patch features go to a
     resumable work folder ``<output>.work/`` (one store per image), removed at the end."""
     pairs = [(Path(image), Path(labels)) for image, labels in pairs]
     output = Path(output)
@@ -540,9 +543,9 @@ def fit_scans(
             echo(f"{image.name}: {int(marks.counts().sum())} labelled px")
             with out_of_space(planned):
                 grid = _patch_grid(reader, extractor, work, echo, progress, name=f"features_{i}.zarr")
-            items.append((seg.gray_image(reader), marks, grid))
+            items.append((seg.prepare(reader, grid=grid, cache_bytes=0), marks))
         echo(f"training on {len(items)} images ...")
-        seg.fit_sources(items)
+        seg.fit_prepared(items)
         echo(describe_classes(seg.label_classes, seg.training["pixels_labelled"]))
         seg.save(output)
         remove_owned(work, inputs)

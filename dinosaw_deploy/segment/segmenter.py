@@ -6,6 +6,8 @@ large image never exists. Every tile is a pure function of (image region, fitted
 
 >>> seg = Segmenter().fit(image, scribbles)      # classical features only
 >>> labels = seg.predict(other_image)            # (H, W) uint8, classes 1..K
+>>> prepared = seg.prepare(image)                # or: features computed once, reused by each call
+>>> labels = prepared.labels((0, 512, 0, 1024))  # a box of it
 >>> seg.save("model.dsw"); seg = Segmenter.load("model.dsw")
 """
 from __future__ import annotations
@@ -22,8 +24,8 @@ from dinosaw_deploy._version import __version__
 from dinosaw_deploy.engine.extractor import FeatureExtractor
 from dinosaw_deploy.engine.manifest import engine_identity
 from dinosaw_deploy.errors import DinosawError
-from dinosaw_deploy.image.intensity import fit_intensity_range, scale_intensity
-from dinosaw_deploy.image.reader import ArrayRegions, RegionSource
+from dinosaw_deploy.image.box import Box
+from dinosaw_deploy.image.reader import RegionSource
 from dinosaw_deploy.segment.booster_check import check_booster
 from dinosaw_deploy.segment.bundle import Bundle, load_bundle, save_bundle
 from dinosaw_deploy.segment.bundle_schema import check_arrays, check_config
@@ -38,40 +40,16 @@ from dinosaw_deploy.segment.classifier import (
     estimate_prior,
 )
 from dinosaw_deploy.segment.contrast import Clahe, ClaheConfig
-from dinosaw_deploy.segment.filters import Box, FilterBank, FilterBankConfig
+from dinosaw_deploy.segment.filters import FilterBank, FilterBankConfig
 from dinosaw_deploy.segment.labels import LabelClass, Scribbles, scribbles_from_array, subsample_many, unify_classes
 from dinosaw_deploy.segment.postprocess import CRF_HALO, check_modal, dense_crf, modal_filter
+from dinosaw_deploy.segment.prepared import PreparedImage
 from dinosaw_deploy.segment.vit_channels import PcaFeatures
-from dinosaw_deploy.tiling.grid import tile_boxes
+from dinosaw_deploy.tiling.cache import DEFAULT_CACHE_BYTES
 from dinosaw_deploy.tiling.parallel import map_ordered
-from dinosaw_deploy.tiling.pipeline import patch_features
-from dinosaw_deploy.tiling.store import ArrayGrid, PatchGrid
+from dinosaw_deploy.tiling.store import PatchGrid
 
 DEFAULT_TILE = 512
-
-
-class GrayImage:
-    """Grayscale float32 [0, 1] view of a :class:`RegionSource` under one fixed intensity range;
-    sliceable (``gray[y0:y1, x0:x1]``) as the filter bank expects."""
-
-    def __init__(self, source: RegionSource, intensity_range: tuple[float, float], contrast: Clahe | None = None):
-        self.source = source
-        self.intensity_range = tuple(float(v) for v in intensity_range)
-        self.contrast = contrast
-        self.shape = tuple(source.shape[:2])
-
-    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
-        rows, cols = key
-        region = self.source.read_region(rows.start, cols.start, rows.stop - rows.start, cols.stop - cols.start)
-        try:  # every pixel as it is read: a NaN block outside the intensity sample is refused here
-            scaled = scale_intensity(region, self.intensity_range)
-        except DinosawError as exc:
-            raise DinosawError(f"{exc} (region y {rows.start}..{rows.stop}, x {cols.start}..{cols.stop})") from None
-        if scaled.ndim == 3:
-            scaled = scaled[..., :3].mean(axis=-1) if scaled.shape[-1] in (3, 4) else scaled[..., 0]
-        if self.contrast is not None:
-            return self.contrast.apply(scaled, rows.start, cols.start)
-        return scaled.astype(np.float32, copy=False)
 
 
 def _as_extractor(extractor: Any) -> Any:
@@ -87,9 +65,9 @@ def _as_extractor(extractor: Any) -> Any:
 
 
 class Segmenter:
-    """Trainable scribble segmentation. Train with :meth:`fit` (arrays) or :meth:`fit_source`
-    (lazy sources), predict with :meth:`predict` / :meth:`predict_tiles`, persist with
-    :meth:`save` / :meth:`load`.
+    """Trainable scribble segmentation. Train with :meth:`fit` (arrays) or :meth:`fit_prepared`
+    (images prepared once with :meth:`prepare`, any region source), predict with :meth:`predict`
+    or a :class:`PreparedImage`'s ``labels(box)``, persist with :meth:`save` / :meth:`load`.
 
     Args:
         extractor: a ``FeatureExtractor`` (or the path of an engine, opened as one) to add PCA-reduced ViT
@@ -148,32 +126,12 @@ class Segmenter:
         vit = self.pca.names if self.pca is not None else ()
         return self.bank.names + vit
 
-    def features(self, gray: GrayImage, box: Box, grid: PatchGrid | None = None) -> np.ndarray:
-        """(C, h, w) float32 feature stack of ``box``: classical channels, then ViT channels."""
-        classical = self.bank.region(gray, box)
-        if self.pca is None:
-            return classical
-        if grid is None:
-            raise DinosawError("this model uses ViT features: pass the image's patch-feature grid")
-        return np.concatenate([classical, self.pca.region(grid, box)])
-
-    def gray_image(self, source: RegionSource | np.ndarray) -> GrayImage:
-        """The image as the model sees it: the intensity rule (per-dtype range, global min/max for
-        floats), then the optional CLAHE fitted on this image."""
-        if isinstance(source, np.ndarray):
-            source = ArrayRegions(source)
-        gray = GrayImage(source, fit_intensity_range(source))
-        if self.contrast is not None:
-            gray.contrast = Clahe.fit(gray, self.contrast)
-        return gray
-
-    def patch_grid(self, image: np.ndarray) -> PatchGrid | None:
-        """Patch features of an in-memory image for a ViT model (None for a classical one)."""
-        if self.pca is None:
-            return None
-        if self.extractor is None:
-            raise DinosawError("this model uses ViT features: load it with extractor=FeatureExtractor(engine)")
-        return ArrayGrid(patch_features(image, self.extractor))
+    def prepare(self, image: np.ndarray | RegionSource, *, intensity_range: tuple[float, float] | None = None,
+                contrast: Clahe | None = None, grid: PatchGrid | None = None,
+                cache_bytes: int = DEFAULT_CACHE_BYTES) -> PreparedImage:
+        """``image`` as this model sees it, with a feature cache: see :class:`PreparedImage`."""
+        return PreparedImage(self, image, intensity_range=intensity_range, contrast=contrast, grid=grid,
+                             cache_bytes=cache_bytes)
 
     # -- training -------------------------------------------------------------------------
     def fit(self, image: np.ndarray | Sequence[np.ndarray],
@@ -186,45 +144,34 @@ class Segmenter:
             raise DinosawError(f"got {len(images)} images and {len(labels)} label images; pass one per image")
         items = []
         for array, lab in zip(images, labels):
-            array = np.asarray(array)
             scribbles = lab if isinstance(lab, Scribbles) else scribbles_from_array(lab)
-            gray = self.gray_image(array)
-            if scribbles.shape != gray.shape:
-                raise DinosawError(f"labels are {scribbles.shape} but the image is {gray.shape}")
-            grid = ArrayGrid(patch_features(array, self.extractor)) if self.extractor is not None else None
-            items.append((gray, scribbles, grid))
-        return self.fit_sources(items)
+            items.append((self.prepare(np.asarray(array), cache_bytes=0), scribbles))
+        return self.fit_prepared(items)
 
-    def fit_source(
-        self, gray: GrayImage, scribbles: Scribbles, grid: PatchGrid | None = None,
+    def fit_prepared(
+        self, items: Sequence[tuple[PreparedImage, Scribbles]],
         progress: Callable[[int, int], None] | None = None,
     ) -> Segmenter:
-        """Train from a lazy image (and its patch-feature grid when an extractor is set)."""
-        return self.fit_sources([(gray, scribbles, grid)], progress)
+        """Train one classifier on several prepared images (:meth:`prepare`) and their scribbles.
 
-    def fit_sources(
-        self, items: Sequence[tuple[GrayImage, Scribbles, PatchGrid | None]],
-        progress: Callable[[int, int], None] | None = None,
-    ) -> Segmenter:
-        """Train one classifier on several lazy images: (gray, scribbles, patch grid or None) each.
-
-        Each image keeps its own intensity rule (:meth:`gray_image`: dtype range or fitted range,
-        optional CLAHE fitted on that image); the classes are the sorted union of the label values
+        Each image keeps its own intensity rule (dtype range or fitted range, optional CLAHE fitted
+        on that image); the classes are the sorted union of the label values
         of all label files (:func:`unify_classes`); at most ``max_samples_per_class`` pixels per class
         are drawn over all images together; the ViT PCA is fitted on tokens pooled from every grid."""
         xgboost = _xgboost()
         if not items:
             raise DinosawError("no training images")
-        for gray, scribbles, _ in items:
-            if scribbles.shape != tuple(gray.shape):
-                raise DinosawError(f"labels are {scribbles.shape} but the image is {tuple(gray.shape)}")
-        grays, grids = [g for g, _, _ in items], [grid for _, _, grid in items]
-        scribbles = unify_classes([s for _, s, _ in items])
+        for prepared, scribbles in items:
+            if prepared.segmenter is not self:
+                raise DinosawError("an image prepared for another segmenter; prepare it with this one")
+            if scribbles.shape != prepared.shape:
+                raise DinosawError(f"labels are {scribbles.shape} but the image is {prepared.shape}")
+        images = [prepared for prepared, _ in items]
+        scribbles = unify_classes([s for _, s in items])
         self.label_classes = list(scribbles[0].label_classes)
         self.pca = None
         if self.extractor is not None:
-            if any(grid is None for grid in grids):
-                raise DinosawError("an extractor is set: pass each image's patch-feature grid")
+            grids = [prepared.grid for prepared in images]
             self.engine = {"model": self.extractor.manifest.get("model"),
                            "identity": engine_identity(self.extractor.manifest),
                            "patch_size": int(self.extractor.patch_size)}
@@ -233,10 +180,10 @@ class Segmenter:
         k = len(self.label_classes)
         per_class = min(self.max_samples_per_class, max(1, MAX_PIXEL_CLASS_PAIRS // k**2))
         samples = subsample_many(scribbles, per_class, seed=self.classifier.seed)
-        groups = [self._tile_groups(gray, sample) for gray, sample in zip(grays, samples)]
+        groups = [self._tile_groups(prepared, sample) for prepared, sample in zip(images, samples)]
         per_tile = PRIOR_PIXELS // sum(map(len, groups)) if self.estimate_prior else 0
-        gathered = [self._gather(gray, grid, sample, tiles, progress, per_tile)
-                    for gray, grid, sample, tiles in zip(grays, grids, samples, groups)]
+        gathered = [self._gather(prepared, sample, tiles, progress, per_tile)
+                    for prepared, sample, tiles in zip(images, samples, groups)]
         x = np.concatenate([g[0] for g in gathered])
         y = np.concatenate([g[1] for g in gathered])
         counts = np.bincount(y, minlength=k)
@@ -264,15 +211,15 @@ class Segmenter:
             raise DinosawError("device cuda requested but no CUDA GPU / CUDA-enabled xgboost is available")
         return self.device
 
-    def _tile_groups(self, gray: GrayImage, sample: Scribbles) -> list[np.ndarray]:
+    def _tile_groups(self, prepared: PreparedImage, sample: Scribbles) -> list[np.ndarray]:
         """Indices of ``sample``'s pixels grouped by prediction tile."""
-        tiles_x = -(-gray.shape[1] // self.tile)
+        tiles_x = -(-prepared.shape[1] // self.tile)
         key = (sample.ys // self.tile).astype(np.int64) * tiles_x + sample.xs // self.tile
         order = np.argsort(key, kind="stable")
         starts = np.flatnonzero(np.r_[True, np.diff(key[order]) != 0])
         return np.split(order, starts[1:]) if len(order) else []
 
-    def _gather(self, gray: GrayImage, grid: PatchGrid | None, sample: Scribbles, groups: list[np.ndarray],
+    def _gather(self, prepared: PreparedImage, sample: Scribbles, groups: list[np.ndarray],
                 progress: Callable[[int, int], None] | None,
                 unlabelled: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Features at the sampled labelled pixels, one labelled tile (``groups``: :meth:`_tile_groups`,
@@ -283,7 +230,7 @@ class Segmenter:
         def work(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             ys, xs = sample.ys[idx], sample.xs[idx]
             box = (int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1)
-            feats = self.features(gray, box, grid)
+            feats = prepared.features(box)
             c, h, w = feats.shape
             rng = np.random.default_rng((self.classifier.seed, *box))
             pick = rng.choice(h * w, min(unlabelled, h * w), replace=False)
@@ -299,23 +246,23 @@ class Segmenter:
         return x, (sample.classes.astype(np.int64) - 1), unlabelled_rows
 
     # -- prediction -----------------------------------------------------------------------
-    def _check_fitted(self) -> None:
+    def check_fitted(self) -> None:
+        """Refuse to predict with a model that was never trained."""
         if self.booster is None:
             raise DinosawError("the segmenter is not trained: call fit() or Segmenter.load()")
 
-    def predict_box(
-        self, gray: GrayImage, box: Box, grid: PatchGrid | None = None, *, modal: int = 0, crf: bool = False
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(labels (h, w) uint8 1..K, probabilities (K, h, w) float32) of ``box``. Post-processing
-        reads a halo around the box (``modal`` px for the majority filter, 64 px for the CRF) so a
-        tile's modal-filtered labels equal the whole image's."""
-        self._check_fitted()
+    def predict_box(self, prepared: PreparedImage, box: Box, *, modal: int = 0, crf: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """(labels (h, w) uint8 1..K, probabilities (K, h, w) float32) of ``box`` of a prepared image.
+        Post-processing reads a halo around the box (``modal`` px for the majority filter, 64 px for
+        the CRF) so a tile's modal-filtered labels equal the whole image's."""
+        self.check_fitted()
         check_modal(modal)
         y0, y1, x0, x1 = box
         pad = modal + (CRF_HALO if crf else 0)
-        height, width = gray.shape
+        height, width = prepared.shape
         outer = (max(y0 - pad, 0), min(y1 + pad, height), max(x0 - pad, 0), min(x1 + pad, width))
-        feats = self.features(gray, outer, grid)
+        feats = prepared.features(outer)
         c, h, w = feats.shape
         probs = self.booster.inplace_predict(feats.reshape(c, -1).T)
         probs = np.ascontiguousarray(np.asarray(probs, np.float32).T.reshape(-1, h, w))
@@ -323,49 +270,36 @@ class Segmenter:
             probs = apply_prior(probs, self.class_prior)
         labels = (probs.argmax(axis=0) + 1).astype(np.uint8)
         if crf:
-            labels = dense_crf(probs, gray[outer[0] : outer[1], outer[2] : outer[3]])
+            labels = dense_crf(probs, prepared.gray[outer[0] : outer[1], outer[2] : outer[3]])
         if modal:
             labels = modal_filter(labels, modal, len(self.label_classes))
         inner = (slice(y0 - outer[0], y1 - outer[0]), slice(x0 - outer[2], x1 - outer[2]))
         return labels[inner], probs[(slice(None),) + inner]
 
-    def predict_tiles(
-        self, gray: GrayImage, boxes: Iterable[Box], grid: PatchGrid | None = None, *, modal: int = 0,
-        crf: bool = False,
-    ) -> Iterator[tuple[Box, np.ndarray, np.ndarray]]:
+    def predict_tiles(self, prepared: PreparedImage, boxes: Iterable[Box], *, modal: int = 0, crf: bool = False
+                      ) -> Iterator[tuple[Box, np.ndarray, np.ndarray]]:
         """(box, labels, probabilities) for every box, in order, computed on :attr:`threads` threads."""
-        self._check_fitted()
-        return map_ordered(lambda box: (box, *self.predict_box(gray, box, grid, modal=modal, crf=crf)),
+        self.check_fitted()
+        return map_ordered(lambda box: (box, *self.predict_box(prepared, box, modal=modal, crf=crf)),
                            boxes, self.threads)
 
     def predict_proba(self, image: np.ndarray, *, grid: PatchGrid | None = None) -> np.ndarray:
-        """(K, H, W) float32 class probabilities of an in-memory image (``grid``: its patch features
-        from :meth:`patch_grid`, if already computed)."""
-        self._check_fitted()
-        gray = self.gray_image(np.asarray(image))
-        grid = grid if grid is not None else self.patch_grid(np.asarray(image))
-        out = np.empty((len(self.label_classes), *gray.shape), np.float32)
-        for (y0, y1, x0, x1), _, probs in self.predict_tiles(gray, tile_boxes(gray.shape, self.tile), grid):
-            out[:, y0:y1, x0:x1] = probs
-        return out
+        """(K, H, W) float32 class probabilities of an in-memory image (``grid``: its patch features,
+        if already computed)."""
+        self.check_fitted()
+        return self.prepare(np.asarray(image), grid=grid, cache_bytes=0).probabilities()
 
     def predict(self, image: np.ndarray, *, modal: int = 0, crf: bool = False,
                 grid: PatchGrid | None = None) -> np.ndarray:
-        """(H, W) uint8 labels 1..K of an in-memory image (``grid``: its patch features from
-        :meth:`patch_grid`, if already computed, e.g. to time the engine apart)."""
-        self._check_fitted()
-        gray = self.gray_image(np.asarray(image))
-        grid = grid if grid is not None else self.patch_grid(np.asarray(image))
-        out = np.empty(gray.shape, np.uint8)
-        for (y0, y1, x0, x1), labels, _ in self.predict_tiles(gray, tile_boxes(gray.shape, self.tile), grid,
-                                                               modal=modal, crf=crf):
-            out[y0:y1, x0:x1] = labels
-        return out
+        """(H, W) uint8 labels 1..K of an in-memory image (``grid``: its patch features, if already
+        computed, e.g. to time the engine apart)."""
+        self.check_fitted()
+        return self.prepare(np.asarray(image), grid=grid, cache_bytes=0).labels(modal=modal, crf=crf)
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write the trained model as a ``.dsw`` bundle (see :mod:`dinosaw_deploy.segment.bundle`)."""
-        self._check_fitted()
+        self.check_fitted()
         config = {
             "dinosaw_deploy_version": __version__,
             "filter_bank": self.bank.config.to_dict(),

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from dinosaw_deploy.errors import DinosawError
+from dinosaw_deploy.image.box import Box
 from dinosaw_deploy.tiling.store import PatchGrid
 from dinosaw_deploy.tiling.tokens import SAMPLE_TOKENS, fit_pca, sample_tokens
-
-Box = tuple[int, int, int, int]
 
 
 @dataclass

@@ -28,6 +28,7 @@ import numpy as np
 
 from dinosaw_deploy.engine.preprocess import grid_shape
 from dinosaw_deploy.errors import DinosawError
+from dinosaw_deploy.image.box import Box
 
 WINDOWS = ("central", "blend")
 
@@ -115,7 +116,7 @@ class TileGrid:
         overlap: int = 4,
         patch_size: int = 14,
         window: str = "blend",
-    ) -> "TileGrid":
+    ) -> TileGrid:
         """Grid for an image of ``height`` x ``width`` px; ``tile`` in px (a multiple of
         ``patch_size``), ``overlap`` in patches. Axes shorter than a tile get one tile spanning them."""
         if tile < patch_size or tile % patch_size:
@@ -151,8 +152,8 @@ class TileGrid:
         rows = range(self.rows) if row is None else (row,)
         return [Tile(i, j, self.origins_y[i], x) for i in rows for j, x in enumerate(self.origins_x)]
 
-    def pixel_box(self, tile: Tile) -> tuple[int, int, int, int]:
-        """(y0, x0, height, width) in pixels of ``tile``'s image region."""
+    def pixel_region(self, tile: Tile) -> tuple[int, int, int, int]:
+        """(y0, x0, height, width) in pixels of ``tile``'s image region, as ``read_region`` takes them."""
         p = self.patch_size
         return tile.y0 * p, tile.x0 * p, self.tile_h * p, self.tile_w * p
 
@@ -202,7 +203,7 @@ class TileGrid:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TileGrid":
+    def from_dict(cls, data: dict[str, Any]) -> TileGrid:
         return cls(*data["grid"], *data["tile"], data["overlap"], data["patch_size"], data["window"])
 
 
@@ -241,7 +242,6 @@ class RowMerger:
         return start, rows
 
 
-Box = tuple[int, int, int, int]
 
 
 def tile_boxes(shape: tuple[int, int], tile: int) -> list[Box]:

@@ -2,7 +2,7 @@
 
 Every tile is a pure function of (image region, fitted state)::
 
-    pixels = source.read_region(*grid.pixel_box(tile))
+    pixels = source.read_region(*grid.pixel_region(tile))
     x = preprocess(pixels, patch_size=..., mean=..., std=..., intensity_range=fitted_range)
     features = extractor.run(x[None])[0]
 

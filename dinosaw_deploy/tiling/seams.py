@@ -98,7 +98,7 @@ def center_agreement(
                      int(np.clip(x - grid.tile_w // 2, 0, grid.grid_w - grid.tile_w)))
                 for y, x in chunk
             ]
-            inputs = np.stack([tile_input(reader.read_region(*grid.pixel_box(t)), extractor, store.intensity_range)
+            inputs = np.stack([tile_input(reader.read_region(*grid.pixel_region(t)), extractor, store.intensity_range)
                                for t in tiles])
             feats = extractor.run(inputs)
             for (y, x), t, f in zip(chunk, tiles, feats):

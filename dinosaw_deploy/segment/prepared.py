@@ -1,0 +1,199 @@
+"""An image prepared once for a segmenter: what it sees (:class:`GrayImage`), its patch features, and a
+bounded cache of the classical features already computed.
+
+>>> prepared = seg.prepare(image)                  # intensity rule, CLAHE, ViT patch grid: once
+>>> seg.fit_prepared([(prepared, scribbles)])      # features of the scribbled tiles, cached
+>>> probs = prepared.probabilities((0, 512, 0, 512))   # the same tiles again: no filter bank runs
+>>> prepared.cache_stats.hits
+
+Boxes are (y0, y1, x0, x1), half-open, in image pixels. :meth:`PreparedImage.labels` and
+:meth:`PreparedImage.probabilities` work on the segmenter's tile grid (``seg.tile``), so overlapping or
+repeated requests share tiles, and a box's labels are exactly those of ``seg.predict`` of the whole
+image. Features are cached per exact box they were computed for (a filter bank run on a different box
+gives equal values only to rounding, so nothing is stitched from a neighbour's cache entry).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
+
+import numpy as np
+
+from dinosaw_deploy.errors import DinosawError
+from dinosaw_deploy.image.box import Box
+from dinosaw_deploy.image.intensity import fit_intensity_range, scale_intensity
+from dinosaw_deploy.image.reader import ArrayRegions, RegionSource
+from dinosaw_deploy.segment.contrast import Clahe, ClaheConfig
+from dinosaw_deploy.segment.filters import FilterBank
+from dinosaw_deploy.segment.vit_channels import PcaFeatures
+from dinosaw_deploy.tiling.cache import DEFAULT_CACHE_BYTES, CacheStats, FeatureCache
+from dinosaw_deploy.tiling.pipeline import patch_features
+from dinosaw_deploy.tiling.store import ArrayGrid, PatchGrid
+
+VIT_NEEDS_ENGINE = "this model uses ViT features: load it with extractor=FeatureExtractor(engine)"
+
+
+class Model(Protocol):
+    """What a prepared image reads from its segmenter (:class:`~dinosaw_deploy.segment.segmenter.Segmenter`)."""
+
+    bank: FilterBank
+    contrast: ClaheConfig | None
+    extractor: Any
+    pca: PcaFeatures | None
+    tile: int
+    label_classes: list
+
+    def predict_tiles(self, prepared: PreparedImage, boxes: Iterable[Box], *, modal: int = 0, crf: bool = False
+                      ) -> Iterator[tuple[Box, np.ndarray, np.ndarray]]: ...
+
+
+class GrayImage:
+    """Grayscale float32 [0, 1] view of a :class:`RegionSource` under one fixed intensity range;
+    sliceable (``gray[y0:y1, x0:x1]``) as the filter bank expects."""
+
+    def __init__(self, source: RegionSource, intensity_range: tuple[float, float], contrast: Clahe | None = None):
+        self.source = source
+        self.intensity_range = tuple(float(v) for v in intensity_range)
+        self.contrast = contrast
+        self.shape = tuple(source.shape[:2])
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
+        rows, cols = key
+        region = self.source.read_region(rows.start, cols.start, rows.stop - rows.start, cols.stop - cols.start)
+        try:  # every pixel as it is read: a NaN block outside the intensity sample is refused here
+            scaled = scale_intensity(region, self.intensity_range)
+        except DinosawError as exc:
+            raise DinosawError(f"{exc} (region y {rows.start}..{rows.stop}, x {cols.start}..{cols.stop})") from None
+        if scaled.ndim == 3:
+            scaled = scaled[..., :3].mean(axis=-1) if scaled.shape[-1] in (3, 4) else scaled[..., 0]
+        if self.contrast is not None:
+            return self.contrast.apply(scaled, rows.start, cols.start)
+        return scaled.astype(np.float32, copy=False)
+
+
+class PreparedImage:
+    """One image as ``segmenter`` sees it, built once (see the module notes).
+
+    Args:
+        segmenter: whose filter bank, CLAHE setting, ViT engine and tile size apply. Refitting it is
+            fine: its classifier and PCA are read at each call; a new filter bank or CLAHE setting
+            empties the cache and refits the view.
+        image: an in-memory array or any region source (a file reader, a zarr array view).
+        intensity_range: the (lo, hi) mapped to [0, 1]; default: the intensity rule fitted on ``image``.
+        contrast: a CLAHE already fitted (e.g. on the client of a cluster run); default: fitted on
+            ``image`` when the segmenter asks for CLAHE.
+        grid: the image's patch features (a feature store, an array grid); default for an in-memory
+            image of a ViT model: computed with the segmenter's engine on first use.
+        cache_bytes: the classical-feature cache budget (0: keep nothing, for one pass over an image).
+    """
+
+    def __init__(self, segmenter: Model, image: np.ndarray | RegionSource, *,
+                 intensity_range: tuple[float, float] | None = None, contrast: Clahe | None = None,
+                 grid: PatchGrid | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.segmenter = segmenter
+        self.source = ArrayRegions(image) if isinstance(image, np.ndarray) else image
+        self.shape: tuple[int, int] = tuple(int(v) for v in self.source.shape[:2])
+        self._array = image if isinstance(image, np.ndarray) else None
+        self._grid, self._grid_engine = grid, None
+        self.cache = FeatureCache(cache_bytes)
+        range_ = fit_intensity_range(self.source) if intensity_range is None else intensity_range
+        self.gray = GrayImage(self.source, range_, contrast)
+        self._settings = self._feature_settings()
+        if contrast is None and segmenter.contrast is not None:
+            self.gray.contrast = Clahe.fit(self.gray, segmenter.contrast)
+
+    # -- what the features depend on ------------------------------------------------------
+    def _feature_settings(self) -> tuple[Any, ...]:
+        seg = self.segmenter
+        return seg.bank.config, seg.contrast
+
+    def _check_settings(self) -> None:
+        settings = self._feature_settings()
+        if settings != self._settings:
+            self._settings = settings
+            self.cache.clear()
+            self.gray.contrast = None if self.segmenter.contrast is None else Clahe.fit(self.gray,
+                                                                                       self.segmenter.contrast)
+
+    @property
+    def grid(self) -> PatchGrid | None:
+        """The patch features the ViT channels are read from (None for a classical segmenter)."""
+        extractor = self.segmenter.extractor
+        if self._grid is None or (self._grid_engine is not None and self._grid_engine is not extractor):
+            if extractor is None:
+                if self.segmenter.pca is not None:
+                    raise DinosawError(VIT_NEEDS_ENGINE)
+                return None
+            if self._array is None:
+                raise DinosawError("this model uses ViT features: pass the image's patch features (grid=...), "
+                                   "e.g. a feature store written by `dinosaw-deploy features`")
+            self._grid, self._grid_engine = ArrayGrid(patch_features(self._array, extractor)), extractor
+        return self._grid
+
+    # -- features and predictions ---------------------------------------------------------
+    def classical(self, box: Box) -> np.ndarray:
+        """(C, h, w) float32 filter-bank channels of ``box`` (read-only, from the cache when computed before)."""
+        self._check_settings()
+        box = tuple(int(v) for v in box)
+        return self.cache.get(box, lambda: self.segmenter.bank.region(self.gray, box))
+
+    def features(self, box: Box) -> np.ndarray:
+        """(C, h, w) float32 feature stack of ``box``: classical channels, then the fitted PCA's ViT channels."""
+        classical = self.classical(box)
+        pca = self.segmenter.pca
+        if pca is None:
+            return classical
+        return np.concatenate([classical, pca.region(self.grid, box)])
+
+    def tiles(self, boxes: Iterable[Box], *, modal: int = 0, crf: bool = False
+              ) -> Iterator[tuple[Box, np.ndarray, np.ndarray]]:
+        """(box, labels, probabilities) of every box, in order (the segmenter's ``predict_tiles``)."""
+        return self.segmenter.predict_tiles(self, boxes, modal=modal, crf=crf)
+
+    def predict(self, box: Box | None = None, *, modal: int = 0, crf: bool = False,
+                probabilities: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """(labels (h, w) uint8 1..K, probabilities (K, h, w) float32 or None) of ``box`` (default: the
+        whole image), computed tile by tile on the segmenter's tile grid."""
+        y0, y1, x0, x1 = box = self._check_box(box)
+        seg = self.segmenter
+        labels = np.empty((y1 - y0, x1 - x0), np.uint8)
+        probs = np.empty((len(seg.label_classes), *labels.shape), np.float32) if probabilities else None
+        for (ty0, ty1, tx0, tx1), tile_labels, tile_probs in self.tiles(self._covering(box), modal=modal, crf=crf):
+            inner = (slice(max(ty0, y0) - ty0, min(ty1, y1) - ty0), slice(max(tx0, x0) - tx0, min(tx1, x1) - tx0))
+            out = (slice(max(ty0, y0) - y0, min(ty1, y1) - y0), slice(max(tx0, x0) - x0, min(tx1, x1) - x0))
+            labels[out] = tile_labels[inner]
+            if probs is not None:
+                probs[(slice(None), *out)] = tile_probs[(slice(None), *inner)]
+        return labels, probs
+
+    def labels(self, box: Box | None = None, *, modal: int = 0, crf: bool = False) -> np.ndarray:
+        """(h, w) uint8 labels 1..K of ``box`` (default: the whole image)."""
+        return self.predict(box, modal=modal, crf=crf, probabilities=False)[0]
+
+    def probabilities(self, box: Box | None = None) -> np.ndarray:
+        """(K, h, w) float32 class probabilities of ``box`` (default: the whole image)."""
+        return self.predict(box)[1]
+
+    @property
+    def cache_stats(self) -> CacheStats:
+        """Hits, misses, evictions and bytes of the feature cache."""
+        return self.cache.stats
+
+    def _check_box(self, box: Box | None) -> Box:
+        height, width = self.shape
+        if box is None:
+            return 0, height, 0, width
+        try:
+            y0, y1, x0, x1 = (int(v) for v in box)
+        except (TypeError, ValueError):
+            raise DinosawError(f"a box is (y0, y1, x0, x1), got {box!r}") from None
+        if not (0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width):
+            raise DinosawError(f"box {(y0, y1, x0, x1)} is empty or outside the {height}x{width} image")
+        return y0, y1, x0, x1
+
+    def _covering(self, box: Box) -> list[Box]:
+        """The segmenter's tiles (those of :func:`tile_boxes`) that overlap ``box``, row-major."""
+        y0, y1, x0, x1 = box
+        (height, width), tile = self.shape, self.segmenter.tile
+        return [(y, min(y + tile, height), x, min(x + tile, width))
+                for y in range(y0 // tile * tile, y1, tile) for x in range(x0 // tile * tile, x1, tile)]
