@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from dinosaw_deploy.errors import DinosawError
+from dinosaw_deploy.files import atomic_path
 from dinosaw_deploy.image.reader import channels_first, open_image
 
 MAX_CLASSES = 255
@@ -145,6 +146,28 @@ def load_scribbles(path: str | os.PathLike, shape: tuple[int, int] | None = None
         strips = ((y, reader.read_region(y, 0, min(STRIP_ROWS, height - y), width))
                   for y in range(0, height, STRIP_ROWS))
         return _build(strips, (height, width), shape, str(path))
+
+
+def save_scribbles(path: str | os.PathLike, labels: np.ndarray) -> Path:
+    """Write an (H, W) uint8 label image (0 = unlabelled) as PNG or TIFF, the files
+    :func:`load_scribbles` reads; written under a temporary name, then renamed."""
+    import imagecodecs
+    import tifffile
+
+    path, labels = Path(path), np.asarray(labels)
+    if labels.ndim != 2 or labels.dtype != np.uint8:
+        raise DinosawError(f"scribbles must be an (H, W) uint8 array, got {labels.dtype} {labels.shape}")
+    suffix = path.suffix.lower()
+    if suffix not in (".png", ".tif", ".tiff"):
+        raise DinosawError(f"scribbles are saved as .png, .tif or .tiff, not {path.name}")
+    if not path.parent.is_dir():
+        raise DinosawError(f"output directory {path.parent} does not exist")
+    with atomic_path(path) as tmp:
+        if suffix == ".png":
+            tmp.write_bytes(imagecodecs.png_encode(labels))
+        else:
+            tifffile.imwrite(tmp, labels, compression="zlib", tile=(512, 512) if min(labels.shape) >= 512 else None)
+    return path
 
 
 def _squeeze(labels: np.ndarray, source: str) -> np.ndarray:

@@ -154,11 +154,12 @@ class PreparedImage:
                 probabilities: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """(labels (h, w) uint8 1..K, probabilities (K, h, w) float32 or None) of ``box`` (default: the
         whole image), computed tile by tile on the segmenter's tile grid."""
-        y0, y1, x0, x1 = box = self._check_box(box)
+        y0, y1, x0, x1 = box = self.check_box(box)
         seg = self.segmenter
         labels = np.empty((y1 - y0, x1 - x0), np.uint8)
         probs = np.empty((len(seg.label_classes), *labels.shape), np.float32) if probabilities else None
-        for (ty0, ty1, tx0, tx1), tile_labels, tile_probs in self.tiles(self._covering(box), modal=modal, crf=crf):
+        covering = self.covering_tiles(box)
+        for (ty0, ty1, tx0, tx1), tile_labels, tile_probs in self.tiles(covering, modal=modal, crf=crf):
             inner = (slice(max(ty0, y0) - ty0, min(ty1, y1) - ty0), slice(max(tx0, x0) - tx0, min(tx1, x1) - tx0))
             out = (slice(max(ty0, y0) - y0, min(ty1, y1) - y0), slice(max(tx0, x0) - x0, min(tx1, x1) - x0))
             labels[out] = tile_labels[inner]
@@ -179,7 +180,8 @@ class PreparedImage:
         """Hits, misses, evictions and bytes of the feature cache."""
         return self.cache.stats
 
-    def _check_box(self, box: Box | None) -> Box:
+    def check_box(self, box: Box | None) -> Box:
+        """``box`` as four ints inside the image (None: the whole image), or one clear error."""
         height, width = self.shape
         if box is None:
             return 0, height, 0, width
@@ -191,7 +193,7 @@ class PreparedImage:
             raise DinosawError(f"box {(y0, y1, x0, x1)} is empty or outside the {height}x{width} image")
         return y0, y1, x0, x1
 
-    def _covering(self, box: Box) -> list[Box]:
+    def covering_tiles(self, box: Box) -> list[Box]:
         """The segmenter's tiles (those of :func:`tile_boxes`) that overlap ``box``, row-major."""
         y0, y1, x0, x1 = box
         (height, width), tile = self.shape, self.segmenter.tile

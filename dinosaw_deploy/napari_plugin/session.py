@@ -1,0 +1,102 @@
+"""The interactive loop for one image, without any GUI: train on the scribbles, predict the tiles of
+a box that the current model has not predicted yet, and stop as soon as a newer request arrives.
+
+One :class:`LiveSession` per image. Its :class:`~dinosaw_deploy.segment.prepared.PreparedImage` keeps
+the features of every tile computed in the session (bounded by ``cache_bytes``), so a retrain after a
+stroke recomputes only the features of boxes whose scribbles changed, and predicting a tile again
+runs only the classifier. Jobs run one at a time (a lock); a job whose token is stale when it gets
+the lock, or between two tiles, stops without touching anything.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+
+from dinosaw_deploy.errors import DinosawError
+from dinosaw_deploy.image.box import Box
+from dinosaw_deploy.image.reader import RegionSource
+from dinosaw_deploy.segment.classifier import ClassifierParams
+from dinosaw_deploy.segment.labels import Scribbles, scribbles_from_array
+from dinosaw_deploy.segment.segmenter import DEFAULT_TILE, Segmenter
+from dinosaw_deploy.tiling.cache import DEFAULT_CACHE_BYTES
+from dinosaw_deploy.tiling.store import PatchGrid
+
+from .viewport import Generations
+
+
+class LiveSession:
+    """Paint -> train -> predict what is visible, for one image (see the module notes).
+
+    Args:
+        image: an in-memory array or a region source (a file reader).
+        extractor: a ``FeatureExtractor`` for ViT channels, or None for classical features only.
+        grid: the image's patch features when ``image`` is a reader and ``extractor`` is set.
+        classifier: XGBoost settings (default: 50 rounds, enough for a live preview).
+    """
+
+    def __init__(self, image: np.ndarray | RegionSource, *, extractor=None, grid: PatchGrid | None = None,
+                 classifier: ClassifierParams | None = None, tile: int = DEFAULT_TILE, threads: int | None = None,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.segmenter = Segmenter(extractor=extractor, classifier=classifier or ClassifierParams(rounds=50),
+                                   tile=tile, threads=threads)
+        self.prepared = self.segmenter.prepare(image, grid=grid, cache_bytes=cache_bytes)
+        self.generations = Generations()
+        self._tiles: dict[Box, np.ndarray] = {}  # labels of tiles under the current model
+        self._work = threading.Lock()
+
+    @property
+    def trained(self) -> bool:
+        return self.segmenter.booster is not None
+
+    def train(self, scribbles: np.ndarray | Scribbles, token: int) -> bool:
+        """Fit on ``scribbles`` (a label array of the image's shape, 0 = unlabelled); False when
+        ``token`` went stale first (nothing changed then)."""
+        marks = scribbles if isinstance(scribbles, Scribbles) else scribbles_from_array(np.asarray(scribbles))
+        with self._work:
+            if not self.generations.is_current(token):
+                return False
+            self.segmenter.fit_prepared([(self.prepared, marks)])
+            self._tiles.clear()
+            return True
+
+    def predict(self, box: Box, token: int) -> Iterator[tuple[Box, np.ndarray]]:
+        """(tile box, labels) of every tile overlapping ``box``, computed only where the current model
+        has not done so yet; stops when ``token`` goes stale."""
+        if not self.trained:
+            raise DinosawError("paint scribbles of at least two classes first")
+        with self._work:
+            for tile in self.prepared.covering_tiles(self.prepared.check_box(box)):
+                if not self.generations.is_current(token):
+                    return
+                labels = self._tiles.get(tile)
+                if labels is None:
+                    labels = self.segmenter.predict_box(self.prepared, tile)[0]
+                    self._tiles[tile] = labels
+                yield tile, labels
+
+    def region(self, box: Box) -> np.ndarray:
+        """Labels of ``box`` from the tiles predicted so far (0 where none is yet)."""
+        y0, y1, x0, x1 = box
+        out = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        for (ty0, ty1, tx0, tx1), labels in list(self._tiles.items()):
+            paste(out, box, (ty0, ty1, tx0, tx1), labels)
+        return out
+
+    def fractions(self) -> dict[str, float]:
+        """Each class's share of the pixels predicted so far."""
+        counts = np.zeros(len(self.segmenter.label_classes) + 1, np.int64)
+        for labels in list(self._tiles.values()):
+            counts += np.bincount(labels.ravel(), minlength=len(counts))[: len(counts)]
+        total = max(int(counts[1:].sum()), 1)
+        return {c.name: float(n) / total for c, n in zip(self.segmenter.label_classes, counts[1:])}
+
+
+def paste(out: np.ndarray, out_box: Box, tile_box: Box, tile: np.ndarray) -> None:
+    """Copy the part of ``tile`` (covering ``tile_box``) that lies inside ``out_box`` into ``out``."""
+    y0, y1, x0, x1 = out_box
+    ty0, ty1, tx0, tx1 = tile_box
+    iy0, iy1, ix0, ix1 = max(y0, ty0), min(y1, ty1), max(x0, tx0), min(x1, tx1)
+    if iy0 < iy1 and ix0 < ix1:
+        out[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = tile[iy0 - ty0 : iy1 - ty0, ix0 - tx0 : ix1 - tx0]
