@@ -18,7 +18,7 @@ from dinosaw_deploy.synthetic import synthetic_micrograph, synthetic_scribbles
 pytest.importorskip("napari", reason="the napari extra is not installed")
 from dinosaw_deploy.napari_plugin import reader as napari_reader  # noqa: E402
 from dinosaw_deploy.napari_plugin.session import LiveSession, paste  # noqa: E402
-from dinosaw_deploy.napari_plugin.viewport import FALLBACK_SIDE, Generations, visible_box  # noqa: E402
+from dinosaw_deploy.napari_plugin.viewport import FALLBACK_SIDE, Generations, paint_region, visible_box  # noqa: E402
 
 needs_display = pytest.mark.skipif(not os.environ.get("DISPLAY"),
                                    reason="no display server: install xvfb (pytest-xvfb starts it)")
@@ -37,6 +37,12 @@ def test_napari_visible_box_scales_clips_and_falls_back():
     assert visible_box(np.array([[-5, -5], [9, 9]]), (2.0, 2.0), (100, 100)) == (0, 20, 0, 20)
     side = min(5000, FALLBACK_SIDE)
     assert visible_box(np.zeros((2, 2)), (1, 1), (5000, 40)) == (0, side, 0, 40)  # not drawn yet
+
+
+def test_napari_paint_region_is_the_image_or_a_square_around_the_view():
+    assert paint_region((0, 10, 0, 10), (300, 400), 500) == (0, 300, 0, 400)
+    assert paint_region((900, 1100, 50, 90), (40000, 40000), 1000) == (500, 1500, 0, 1000)
+    assert paint_region((39990, 40000, 39990, 40000), (40000, 30000), 1000) == (39000, 40000, 29000, 30000)
 
 
 def test_napari_live_session_predicts_each_tile_once_and_stops_when_stale(scan):
@@ -226,3 +232,26 @@ def test_napari_errors_are_notifications_and_the_viewer_stays_usable(live, scan,
     _paint(widget.scribbles, np.roll(scan[2], 2, axis=1))  # a new stroke works as before
     widget.wait()
     assert widget.status.text().startswith("labels of") and errors[-1] == "unexpected ValueError: boom"
+
+
+@needs_display
+def test_napari_paints_a_region_of_a_scan_too_large_for_one_layer(live, scan, tmp_path, monkeypatch):
+    from dinosaw_deploy.napari_plugin import widget as widget_module
+
+    viewer, widget, errors, _ = live
+    image, _, labels = scan
+    monkeypatch.setattr(widget_module, "PAINT_SIDE", 160)  # as if the scan were larger than 8192² px
+    viewer.scene.camera.center = (0, 150, 300)
+    viewer.scene.camera.zoom *= 3
+    widget.wait()
+    widget.start()
+    widget.session.segmenter.classifier = ClassifierParams(rounds=8)
+    y0, y1, x0, x1 = widget.paint_box
+    assert (y1 - y0, x1 - x0) == (160, 160) and widget.scribbles.data.shape == (160, 160)
+    assert tuple(widget.scribbles.translate) == (y0, x0)
+    _paint(widget.scribbles, labels[y0:y1, x0:x1])
+    widget.wait()
+    assert not errors and widget._shown is not None
+    saved = load_scribbles(widget.save_scribbles(tmp_path / "region.tif")).to_image()
+    assert saved.shape == image.shape and np.array_equal(saved[y0:y1, x0:x1] > 0, labels[y0:y1, x0:x1] > 0)
+    assert not saved[:y0].any() and not saved[:, :x0].any()

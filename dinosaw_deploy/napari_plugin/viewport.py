@@ -27,6 +27,16 @@ def visible_box(corner_pixels: np.ndarray, downsample: Sequence[float], shape: t
     return int(y0), int(y1), int(x0), int(x1)
 
 
+def paint_region(view: Box, shape: tuple[int, int], side: int) -> Box:
+    """The whole image when it fits ``side`` x ``side``; else that square (clipped) centred on ``view``."""
+    y0, y1, x0, x1 = view
+    out = []
+    for lo, hi, size in ((y0, y1, shape[0]), (x0, x1, shape[1])):
+        start = min(max((lo + hi) // 2 - side // 2, 0), max(size - side, 0))
+        out += [start, min(start + side, size)]
+    return tuple(out)
+
+
 def box_pixels(box: Box) -> int:
     y0, y1, x0, x1 = box
     return (y1 - y0) * (x1 - x0)

@@ -7,6 +7,7 @@ next tile, and what they would have shown is dropped.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,13 @@ from qtpy.QtWidgets import (
 
 from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.image.box import Box
-from dinosaw_deploy.segment.labels import save_scribbles, scribbles_from_array
+from dinosaw_deploy.segment.labels import Scribbles, save_scribbles, scribbles_from_array
 
 from .session import LiveSession, paste
-from .viewport import box_pixels, visible_box
+from .viewport import box_pixels, paint_region, visible_box
 
 MAX_LIVE_PIXELS = 3000 * 3000  # a larger view asks to zoom in instead of predicting it all
-MAX_PAINT_PIXELS = 1 << 28  # the scribbles layer is an in-memory uint8 array of the image's size
+PAINT_SIDE = 8192  # on larger images the scribbles layer (in memory, uint8) covers a region this big
 PAINT_DEBOUNCE_MS, VIEW_DEBOUNCE_MS = 250, 150
 
 
@@ -59,6 +60,7 @@ class SegmentWidget(QWidget):
         self.viewer = napari_viewer
         self.session: LiveSession | None = None
         self.image_layer = self.scribbles = self.prediction = None
+        self.paint_box: Box | None = None  # the level-0 box the scribbles layer covers
         self._shown: tuple[Box, np.ndarray] | None = None  # the prediction layer's box and buffer
         self._workers: list[Any] = []
         self._cancel = False
@@ -145,10 +147,6 @@ class SegmentWidget(QWidget):
         layer = self.viewer.layers[name]
         base = layer.data[0] if layer.multiscale else layer.data
         shape = tuple(int(v) for v in base.shape[:2])
-        if shape[0] * shape[1] > MAX_PAINT_PIXELS:
-            raise DinosawError(f"{name} has {shape[0]}x{shape[1]} px; painting needs an in-memory label layer of "
-                               f"at most {MAX_PAINT_PIXELS:.3g} px: crop the scan, segment the crop, then run the "
-                               "saved model on the whole scan")
         extractor = None
         if self.use_vit.isChecked():
             from dinosaw_deploy.engine.extractor import FeatureExtractor
@@ -166,14 +164,21 @@ class SegmentWidget(QWidget):
                 self.viewer.layers.remove(old)
         self.prediction = self.viewer.add_labels(np.zeros((1, 1), np.uint8), name="prediction", opacity=0.45,
                                                  scale=layer.scale[-2:])
-        self.scribbles = self.viewer.add_labels(np.zeros(shape, np.uint8), name="scribbles", scale=layer.scale[-2:])
+        self.paint_box = paint_region(self.view_box(), shape, PAINT_SIDE)
+        y0, y1, x0, x1 = self.paint_box
+        scale = self.prediction.scale
+        self.scribbles = self.viewer.add_labels(np.zeros((y1 - y0, x1 - x0), np.uint8), name="scribbles",
+                                                scale=scale, translate=(y0 * scale[0], x0 * scale[1]))
         self.scribbles.brush_size = max(3, shape[1] // 300)
         self.scribbles.mode = "paint"
         self.scribbles.selected_label = 1
         self.scribbles.events.paint.connect(lambda *_: self._paint_timer.start())
         self._shown = None
         self.viewer.layers.selection.active = self.scribbles
-        self.status.setText("paint at least two classes (label 1, 2, …); the prediction follows each stroke")
+        where = "" if self.paint_box == (0, shape[0], 0, shape[1]) else (
+            f" inside y {y0}..{y1}, x {x0}..{x1} (the scan is larger than {PAINT_SIDE}² px; press Start painting "
+            "again elsewhere to move the region: the scribbles start over)")
+        self.status.setText(f"paint at least two classes (label 1, 2, …){where}; the prediction follows each stroke")
 
     def _view_changed(self, *_: Any) -> None:
         if self.session is not None and self.session.trained and self.live.isChecked():
@@ -189,10 +194,11 @@ class SegmentWidget(QWidget):
         """Train on the scribbles as they are now, then predict the visible region (in a worker)."""
         if self.session is None:
             return
-        scribbles = np.array(self.scribbles.data, copy=True)
-        if len(np.unique(scribbles[scribbles > 0])) < 2:
+        painted = np.array(self.scribbles.data, copy=True)
+        if len(np.unique(painted[painted > 0])) < 2:
             self.status.setText("paint at least two classes to see a prediction")
             return
+        scribbles = self._scribbles(painted)
         token = self.session.generations.new()
         box = self.view_box()
         self.status.setText("training …")
@@ -277,11 +283,15 @@ class SegmentWidget(QWidget):
                                "(File > Open) to segment all of it")
         return Path(path)
 
+    def _scribbles(self, painted: np.ndarray) -> Scribbles:
+        """The painted region's scribbles in image coordinates."""
+        marks = scribbles_from_array(painted)
+        y0, _, x0, _ = self.paint_box
+        return replace(marks, shape=self.session.prepared.shape, ys=marks.ys + y0, xs=marks.xs + x0)
+
     def save_scribbles(self, path: str | Path) -> Path:
-        """The scribbles as a label file ``segment --labels`` reads (PNG or TIFF)."""
-        data = np.asarray(self.scribbles.data)
-        scribbles_from_array(data)  # at least two classes, or one clear error
-        return save_scribbles(path, data)
+        """The scribbles as a label file of the image's size that ``segment --labels`` reads (PNG or TIFF)."""
+        return save_scribbles(path, self._scribbles(np.asarray(self.scribbles.data)).to_image())
 
     def save_model(self, path: str | Path) -> Path:
         """The trained model as a ``.dsw`` bundle (what ``dinosaw-deploy apply`` reads)."""
