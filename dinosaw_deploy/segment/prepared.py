@@ -14,6 +14,7 @@ gives equal values only to rounding, so nothing is stitched from a neighbour's c
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
@@ -136,6 +137,29 @@ class PreparedImage:
         self._check_settings()
         box = tuple(int(v) for v in box)
         return self.cache.get(box, lambda: self.segmenter.bank.region(self.gray, box))
+
+    def pixel_features(self, box: Box, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        """(n, C) float32 features of the pixels (``ys``, ``xs``) (image coordinates inside ``box``) as
+        computed for ``box``: the values of ``features(box)[:, ys - y0, xs - x0].T``. The cache keeps
+        these classical rows (keyed by the box and the pixels), not the box's whole stack: a few
+        hundred KB per scribbled tile instead of tens of MB, so training boxes do not push the
+        prediction tiles out."""
+        self._check_settings()
+        box = tuple(int(v) for v in box)
+        y0, _, x0, _ = box
+        ys, xs = np.asarray(ys, np.int64), np.asarray(xs, np.int64)
+        key = ("pixels", box, hashlib.blake2b(ys.tobytes() + xs.tobytes(), digest_size=16).digest())
+
+        def compute() -> np.ndarray:
+            stack = self.cache.peek(box)
+            stack = self.segmenter.bank.region(self.gray, box) if stack is None else stack
+            return np.ascontiguousarray(stack[:, ys - y0, xs - x0].T)
+
+        rows = self.cache.get(key, compute)
+        pca = self.segmenter.pca
+        if pca is None:
+            return rows
+        return np.concatenate([rows, pca.region(self.grid, box)[:, ys - y0, xs - x0].T], axis=1)
 
     def features(self, box: Box) -> np.ndarray:
         """(C, h, w) float32 feature stack of ``box``: classical channels, then the fitted PCA's ViT channels."""

@@ -230,11 +230,11 @@ class Segmenter:
         def work(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             ys, xs = sample.ys[idx], sample.xs[idx]
             box = (int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1)
-            feats = prepared.features(box)
-            c, h, w = feats.shape
+            h, w = box[1] - box[0], box[3] - box[2]
             rng = np.random.default_rng((self.classifier.seed, *box))
-            pick = rng.choice(h * w, min(unlabelled, h * w), replace=False)
-            return idx, feats[:, ys - box[0], xs - box[2]].T, feats.reshape(c, -1)[:, np.sort(pick)].T
+            pick = np.sort(rng.choice(h * w, min(unlabelled, h * w), replace=False))
+            rows = prepared.pixel_features(box, np.r_[ys, box[0] + pick // w], np.r_[xs, box[2] + pick % w])
+            return idx, rows[: len(ys)], rows[len(ys) :]
 
         others = []
         for done, (idx, rows, extra) in enumerate(map_ordered(work, groups, self.threads), start=1):

@@ -64,6 +64,11 @@ class FeatureCache:
                 self._evictions += 1
         return value
 
+    def peek(self, key: Hashable) -> np.ndarray | None:
+        """The array cached under ``key``, or None; neither counted nor made more recent."""
+        with self._lock:
+            return self._entries.get(key)
+
     def clear(self) -> None:
         """Drop every entry (the counters stay)."""
         with self._lock:

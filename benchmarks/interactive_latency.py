@@ -1,0 +1,173 @@
+"""Stroke -> updated labels of the visible region in the napari plugin, beside the bare work.
+
+    xvfb-run -a -s "-screen 0 1600x1200x24" python benchmarks/interactive_latency.py [--strokes 20] [--pan 60]
+
+1. An EBC mosaic (2 x 2 images of ../shared/data/ebc, 2048² px), viewer at 1:1 zoom showing about
+   1024² screen pixels: first scribbles, then ``--strokes`` strokes of ~100 px each. For each stroke:
+   the time from the paint event to the last visible tile shown (``gui``: what the user waits; it
+   includes the paint debounce), and the same work with the library alone in this process (``bare``:
+   ``LiveSession.train`` + ``predict`` of the same box, features already cached). p50/p95 of both
+   and their ratio (gui minus the debounce, over bare).
+2. ``--pan`` seconds of panning across a synthetic 40 000² tiled scan (written once to a temporary
+   folder), predicting each new view: peak RSS and the feature cache's bytes against its limit.
+Classical features, 2 threads. Targets (issue 18): p50 <= 1.0 s, p95 <= 2.0 s; plugin overhead <= 1.15x;
+panning RSS <= 2 GiB.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+def pct(values: list[float]) -> str:
+    return f"p50 {np.percentile(values, 50):.2f} s, p95 {np.percentile(values, 95):.2f} s"
+
+
+def ebc_mosaic() -> tuple[np.ndarray, np.ndarray]:
+    import tifffile
+    from PIL import Image
+
+    names = sorted((SHARED / "data" / "ebc" / "images").iterdir())[:4]
+    images, truths = [], []
+    for path in names:
+        images.append(tifffile.imread(path)[:1024, :1024])
+        gt = np.asarray(Image.open(SHARED / "data" / "ebc" / "labels" / f"{path.stem}_label.png"))[:1024, :1024]
+        truths.append(np.searchsorted(np.unique(gt), gt))
+    rows = [np.hstack(images[:2]), np.hstack(images[2:])]
+    truth_rows = [np.hstack(truths[:2]), np.hstack(truths[2:])]
+    return np.vstack(rows), np.vstack(truth_rows)
+
+
+def strokes(truth: np.ndarray, count: int, seed: int) -> list[np.ndarray]:
+    """``count`` label images, each one short stroke (3 px wide, <= 40 px long) inside one class."""
+    sys.path.insert(0, str(SHARED / "tools"))
+    from scribbles import scribbles
+
+    out, rng = [], np.random.default_rng(seed)
+    while len(out) < count:
+        marks = scribbles(truth, seed=int(rng.integers(1 << 30)), frac=0.0002)
+        value = rng.choice(np.unique(marks[marks > 0]))
+        one = np.where(marks == value, marks, 0).astype(np.uint8)
+        if one.any():
+            out.append(one)
+    return out
+
+
+def paint(layer, labels: np.ndarray, offset=(0, 0)) -> None:
+    for value in np.unique(labels[labels > 0]):
+        ys, xs = np.nonzero(labels == value)
+        layer.data_setitem((ys - offset[0], xs - offset[1]), int(value))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--strokes", type=int, default=20)
+    parser.add_argument("--pan", type=float, default=60.0, help="seconds of panning on the 40 000² scan (0: skip)")
+    parser.add_argument("--side", type=int, default=40_000)
+    args = parser.parse_args()
+    if not os.environ.get("DISPLAY"):
+        sys.exit("run under a display, e.g. xvfb-run -a -s '-screen 0 1600x1200x24' python " + sys.argv[0])
+    if not (SHARED / "data" / "ebc").is_dir():
+        sys.exit(f"needs the EBC images in {SHARED / 'data' / 'ebc'}")
+    import napari
+    import tifffile
+
+    from dinosaw_deploy.napari_plugin import widget as widget_module
+    from dinosaw_deploy.napari_plugin.session import LiveSession
+    from dinosaw_deploy.segment.labels import scribbles_from_array
+    from dinosaw_deploy.synthetic import write_synthetic_tiff
+    from dinosaw_deploy.tiling.pipeline import peak_rss_mb
+
+    debounce = widget_module.PAINT_DEBOUNCE_MS / 1e3
+    image, truth = ebc_mosaic()
+    sys.path.insert(0, str(SHARED / "tools"))
+    from scribbles import scribbles
+
+    first = scribbles(truth, seed=0, frac=0.003)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "mosaic.tif"
+        tifffile.imwrite(path, image, tile=(512, 512), compression="zlib")
+        viewer = napari.Viewer(show=True)
+        viewer.window._qt_window.resize(1600, 1200)
+        viewer.open(str(path), plugin="dinosaw-deploy")
+        widget = widget_module.SegmentWidget(viewer)
+        viewer.window.add_dock_widget(widget)
+        widget.start()
+        widget.session.segmenter.threads = 2
+        viewer.scene.camera.zoom = 1.0
+        viewer.scene.camera.center = (0, 1024, 1024)
+        widget.wait()
+        start = time.perf_counter()
+        paint(widget.scribbles, first)
+        widget.wait()
+        box = widget._shown[0]
+        print(f"EBC mosaic {image.shape[0]}x{image.shape[1]}, visible box {box} "
+              f"({(box[1] - box[0]) * (box[3] - box[2]) / 1e6:.2f} Mpx): first view {time.perf_counter() - start:.2f} s")
+        bare_session = LiveSession(image, threads=2)
+        painted = first.copy()
+        token = bare_session.generations.new()
+        bare_session.train(painted, token)
+        list(bare_session.predict(box, token))  # its cache warm, as the widget's is after the first view
+        gui, bare = [], []
+        for stroke in strokes(truth, args.strokes, seed=1):
+            start = time.perf_counter()
+            paint(widget.scribbles, stroke)
+            widget.wait()
+            gui.append(time.perf_counter() - start)
+            painted = np.where(stroke > 0, stroke, painted)
+            start = time.perf_counter()
+            token = bare_session.generations.new()
+            bare_session.train(scribbles_from_array(painted), token)
+            list(bare_session.predict(box, token))
+            bare.append(time.perf_counter() - start)
+        print(f"stroke -> labels shown (gui, incl. {debounce:.2f} s debounce): {pct(gui)}")
+        print(f"bare work (train + predict of the box, features cached): {pct(bare)}")
+        print(f"plugin overhead: {np.median(gui) - debounce:.2f} s / {np.median(bare):.2f} s = "
+              f"{(np.median(gui) - debounce) / np.median(bare):.2f}x (median, debounce excluded)")
+        print(f"cache: {widget.session.prepared.cache_stats}")
+        viewer.close()
+        if args.pan <= 0:
+            return
+        scan = Path(tmp) / "big.tif"
+        start = time.perf_counter()
+        write_synthetic_tiff(scan, args.side, args.side, seed=3, tile=512, compression="zlib")
+        truth_path = Path(tmp) / "big_truth.tif"
+        write_synthetic_tiff(truth_path, 4096, 4096, seed=3, tile=512, compression="zlib", labels=True)
+        print(f"wrote the {args.side}² scan in {time.perf_counter() - start:.0f} s")
+        viewer = napari.Viewer(show=True)
+        viewer.window._qt_window.resize(1600, 1200)
+        start = time.perf_counter()
+        viewer.open(str(scan), plugin="dinosaw-deploy")
+        widget = widget_module.SegmentWidget(viewer)
+        viewer.window.add_dock_widget(widget)
+        print(f"opened in {time.perf_counter() - start:.1f} s, RSS peak {peak_rss_mb():.0f} MiB")
+        viewer.scene.camera.zoom = 1.0
+        viewer.scene.camera.center = (0, 1024, 1024)
+        widget.wait()
+        widget.start()
+        widget.session.segmenter.threads = 2
+        area = tifffile.imread(truth_path)[: widget.paint_box[1], : widget.paint_box[3]]
+        paint(widget.scribbles, scribbles(area, seed=0, frac=0.003)[widget.paint_box[0]:, widget.paint_box[2]:])
+        widget.wait()
+        rng, steps, start = np.random.default_rng(0), 0, time.perf_counter()
+        while time.perf_counter() - start < args.pan:
+            viewer.scene.camera.center = (0, *rng.uniform(1024, args.side - 1024, 2))
+            widget.wait()
+            steps += 1
+        stats = widget.session.prepared.cache_stats
+        print(f"panned {steps} views in {args.pan:.0f} s: RSS peak {peak_rss_mb():.0f} MiB; cache {stats.nbytes / 2**20:.0f} "
+              f"MiB of {stats.max_bytes / 2**20:.0f} MiB, {stats.evictions} evictions")
+        viewer.close()
+
+
+if __name__ == "__main__":
+    main()
