@@ -68,8 +68,8 @@ def test_refitting_keeps_the_cache_and_a_new_filter_bank_empties_it(data, monkey
     prepared = seg.prepare(image)
     scribbles = scribbles_from_array(labels)
     seg.fit_prepared([(prepared, scribbles)])
-    one_tile = 96 * 96 * seg.bank.num_channels * 4
-    assert 0 < prepared.cache_stats.nbytes < one_tile  # training keeps the scribbled pixels' rows, not stacks
+    stats, one_tile = prepared.cache_stats, 96 * 96 * seg.bank.num_channels * 4
+    assert 0 < stats.nbytes < stats.entries * one_tile / 4  # the sampled pixels' rows are kept, not the stacks
     calls = counting(seg, monkeypatch)
     seg.fit_prepared([(prepared, scribbles)])  # same scribbles: same boxes, all from the cache
     assert calls == []
