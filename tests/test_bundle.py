@@ -1,6 +1,7 @@
 """The .dsw bundle: round trip, and clear errors for tampered, foreign or newer bundles."""
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 
@@ -37,6 +38,21 @@ def test_roundtrip_predicts_identically_and_holds_no_pickle(trained):
     with zipfile.ZipFile(path) as archive:
         assert sorted(archive.namelist()) == ["arrays.npz", "classifier.ubj", "config.json", "manifest.json"]
         assert json.loads(archive.read("config.json"))["filter_bank"]["sigmas"] == [0, 1, 2, 4, 8, 16]
+
+
+def test_bytes_roundtrip_is_the_file_without_a_file(trained, tmp_path):
+    seg, path, image = trained
+    data = seg.to_bytes()
+    assert zipfile.ZipFile(io.BytesIO(data)).namelist() == zipfile.ZipFile(path).namelist()
+    np.testing.assert_array_equal(Segmenter.from_bytes(data).predict(image), seg.predict(image))
+    tampered = tmp_path / "t.dsw"
+    path_copy = tmp_path / "c.dsw"
+    path_copy.write_bytes(data)
+    _rewrite(path_copy, tampered, lambda name, raw: raw + b" " if name == "config.json" else raw)
+    with pytest.raises(DinosawError, match=r"^model bundle: config.json does not match its recorded sha256"):
+        Segmenter.from_bytes(tampered.read_bytes())
+    with pytest.raises(DinosawError, match="not a .dsw model bundle"):
+        Segmenter.from_bytes(b"PK\x03\x04 junk")
 
 
 def test_arrays_roundtrip(tmp_path):

@@ -14,7 +14,6 @@ holds more than one block's worth of any full-resolution plane.
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -159,9 +158,7 @@ class DaskExecutor:
         if len(todo) < len(groups):
             echo(f"{len(groups) - len(todo)} of {len(groups)} blocks already predicted")
         echo(f"predicting {len(todo)} blocks on the cluster ...")
-        with tempfile.TemporaryDirectory() as tmp:
-            seg.save(Path(tmp) / "model.dsw")
-            bundle = (Path(tmp) / "model.dsw").read_bytes()
+        bundle = seg.to_bytes()
         store = getattr(grid, "path", None)
         if grid is not None and store is None:
             raise DinosawError("a cluster run reads ViT features from a feature store on disk")

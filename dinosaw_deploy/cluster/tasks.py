@@ -10,7 +10,6 @@ blocks that are on disk; a block cut short by a killed worker has no marker and 
 from __future__ import annotations
 
 import hashlib
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -98,13 +97,7 @@ def _engine(job: FeatureJob) -> FeatureExtractor:
 def _segmenter(job: PredictJob) -> Segmenter:
     digest = hashlib.sha256(job.bundle).hexdigest()
 
-    def load() -> Segmenter:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "model.dsw"
-            path.write_bytes(job.bundle)
-            return Segmenter.load(path, threads=job.threads)
-
-    return _cached(("segmenter", digest, job.threads), load)
+    return _cached(("segmenter", digest, job.threads), lambda: Segmenter.from_bytes(job.bundle, threads=job.threads))
 
 
 def _done(markers: str, name: str) -> None:

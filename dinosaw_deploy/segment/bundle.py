@@ -55,9 +55,8 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def save_bundle(path: str | os.PathLike, bundle: Bundle) -> Path:
-    """Write ``bundle`` to ``path`` atomically (temporary name, then rename)."""
-    path = Path(path)
+def bundle_bytes(bundle: Bundle) -> bytes:
+    """``bundle`` as the bytes of a ``.dsw`` file (a zip archive)."""
     arrays = io.BytesIO()
     np.savez_compressed(arrays, **{k: np.ascontiguousarray(v) for k, v in bundle.arrays.items()})
     members = {
@@ -70,14 +69,23 @@ def save_bundle(path: str | os.PathLike, bundle: Bundle) -> Path:
         "format_version": FORMAT_VERSION,
         "sha256": {name: _sha256(data) for name, data in members.items()},
     }
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return out.getvalue()
+
+
+def save_bundle(path: str | os.PathLike, bundle: Bundle) -> Path:
+    """Write ``bundle`` to ``path`` atomically (temporary name, then rename)."""
+    path = Path(path)
+    data = bundle_bytes(bundle)
     if not path.parent.is_dir():
         raise DinosawError(f"cannot save {path}: the folder {path.parent} does not exist")
     try:
         with atomic_path(path) as tmp:
-            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-                archive.writestr(MANIFEST, json.dumps(manifest, indent=2) + "\n")
-                for name, data in members.items():
-                    archive.writestr(name, data)
+            tmp.write_bytes(data)
     except OSError as exc:
         raise DinosawError(f"cannot save {path}: {exc.strerror or exc}") from None
     return path
@@ -88,17 +96,23 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     path = Path(path)
     if not path.is_file():
         raise DinosawError(f"model bundle not found: {path}")
+    return read_bundle(path, str(path))
+
+
+def read_bundle(source: str | os.PathLike | bytes, name: str = "model bundle") -> Bundle:
+    """Read and verify a ``.dsw`` bundle from a file or its bytes (``name`` is what errors call it)."""
+    path = name
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source) as archive:
             names = set(archive.namelist())
             missing = {MANIFEST, CONFIG, ARRAYS, CLASSIFIER} - names
             if missing:
                 raise DinosawError(f"{path}: not a complete .dsw model bundle (missing {', '.join(sorted(missing))})")
-            for name, cap in MAX_MEMBER_BYTES.items():
-                if archive.getinfo(name).file_size > cap:
-                    raise DinosawError(f"{path}: {name} declares {archive.getinfo(name).file_size} bytes, more than "
-                                       f"the {cap} bytes a model bundle may hold there")
-            data = {name: archive.read(name) for name in (MANIFEST, CONFIG, ARRAYS, CLASSIFIER)}
+            for member, cap in MAX_MEMBER_BYTES.items():
+                if archive.getinfo(member).file_size > cap:
+                    raise DinosawError(f"{path}: {member} declares {archive.getinfo(member).file_size} bytes, more "
+                                       f"than the {cap} bytes a model bundle may hold there")
+            data = {member: archive.read(member) for member in (MANIFEST, CONFIG, ARRAYS, CLASSIFIER)}
     except (zipfile.BadZipFile, zlib.error, OSError, EOFError, zipfile.LargeZipFile) as exc:
         raise DinosawError(f"{path}: not a .dsw model bundle, or a corrupt one ({exc})") from None
     except RuntimeError as exc:  # e.g. encrypted members
@@ -117,9 +131,9 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     hashes = manifest.get("sha256")
     if not isinstance(hashes, dict):
         raise DinosawError(f"{path}: {MANIFEST} has no sha256 record")
-    for name in (CONFIG, ARRAYS, CLASSIFIER):
-        if hashes.get(name) != _sha256(data[name]):
-            raise DinosawError(f"{path}: {name} does not match its recorded sha256 (tampered or corrupt bundle)")
+    for member in (CONFIG, ARRAYS, CLASSIFIER):
+        if hashes.get(member) != _sha256(data[member]):
+            raise DinosawError(f"{path}: {member} does not match its recorded sha256 (tampered or corrupt bundle)")
     arrays = _read_npz(data[ARRAYS], f"{path}: {ARRAYS}")
     return Bundle(config=_json(data[CONFIG], path, CONFIG), arrays=arrays, classifier=data[CLASSIFIER])
 
@@ -159,7 +173,7 @@ def _read_npz(raw: bytes, source: str) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _json(raw: bytes, path: Path, member: str) -> dict[str, Any]:
+def _json(raw: bytes, path: str, member: str) -> dict[str, Any]:
     try:
         value = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

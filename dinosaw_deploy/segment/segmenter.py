@@ -27,7 +27,7 @@ from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.image.box import Box
 from dinosaw_deploy.image.reader import RegionSource
 from dinosaw_deploy.segment.booster_check import check_booster
-from dinosaw_deploy.segment.bundle import Bundle, load_bundle, save_bundle
+from dinosaw_deploy.segment.bundle import Bundle, bundle_bytes, load_bundle, read_bundle, save_bundle
 from dinosaw_deploy.segment.bundle_schema import check_arrays, check_config
 from dinosaw_deploy.segment.classifier import (
     MAX_PIXEL_CLASS_PAIRS,
@@ -299,6 +299,13 @@ class Segmenter:
     # -- persistence ----------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write the trained model as a ``.dsw`` bundle (see :mod:`dinosaw_deploy.segment.bundle`)."""
+        return save_bundle(path, self._bundle())
+
+    def to_bytes(self) -> bytes:
+        """The trained model as the bytes of a ``.dsw`` bundle (for :meth:`from_bytes`, e.g. on a worker)."""
+        return bundle_bytes(self._bundle())
+
+    def _bundle(self) -> Bundle:
         self.check_fitted()
         config = {
             "dinosaw_deploy_version": __version__,
@@ -314,18 +321,26 @@ class Segmenter:
             "training": self.training,
         }
         arrays = {} if self.pca is None else self.pca.to_arrays()
-        return save_bundle(path, Bundle(config, arrays, bytes(self.booster.save_raw("ubj"))))
+        return Bundle(config, arrays, bytes(self.booster.save_raw("ubj")))
 
     @classmethod
     def load(cls, path: str | os.PathLike, extractor: Any = None, **options: Any) -> Segmenter:
         """A trained segmenter from a ``.dsw`` bundle; ``extractor`` must be the model's engine
         (same weights; fp32 or fp16) when the bundle uses ViT features. The bundle is untrusted:
         its config, arrays and booster structure are validated before anything is built from them."""
+        return cls._from_bundle(load_bundle(path), str(path), extractor, options)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, extractor: Any = None, **options: Any) -> Segmenter:
+        """A trained segmenter from :meth:`to_bytes` (validated as :meth:`load` validates a file)."""
+        return cls._from_bundle(read_bundle(data), "model bundle", extractor, options)
+
+    @classmethod
+    def _from_bundle(cls, bundle: Bundle, path: str, extractor: Any, options: dict[str, Any]) -> Segmenter:
         xgboost = _xgboost()
-        bundle = load_bundle(path)
         config = bundle.config
-        check_config(config, str(path))
-        check_arrays(bundle.arrays, config, str(path))
+        check_config(config, path)
+        check_arrays(bundle.arrays, config, path)
         vit = config["vit"]
         seg = cls(
             extractor=extractor,
