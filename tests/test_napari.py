@@ -17,7 +17,7 @@ from dinosaw_deploy.synthetic import synthetic_micrograph, synthetic_scribbles
 
 pytest.importorskip("napari", reason="the napari extra is not installed")
 from dinosaw_deploy.napari_plugin import reader as napari_reader  # noqa: E402
-from dinosaw_deploy.napari_plugin.session import LiveSession, paste  # noqa: E402
+from dinosaw_deploy.napari_plugin.session import LIVE_TILE, LiveSession, paste  # noqa: E402
 from dinosaw_deploy.napari_plugin.viewport import FALLBACK_SIDE, Generations, paint_region, visible_box  # noqa: E402
 
 needs_display = pytest.mark.skipif(not os.environ.get("DISPLAY"),
@@ -150,7 +150,8 @@ def test_napari_painting_shows_the_labels_of_the_visible_region(live, scan, tmp_
     widget.wait()
     assert not errors and widget._shown is not None, widget.status.text()
     box, shown = widget._shown
-    reference = Segmenter(classifier=ClassifierParams(rounds=8), threads=2).fit(image, labels).predict(image)
+    reference = Segmenter(classifier=ClassifierParams(rounds=8), tile=LIVE_TILE, threads=2).fit(image, labels)
+    reference = reference.predict(image)
     np.testing.assert_array_equal(widget.prediction.data, reference[box[0]:box[1], box[2]:box[3]])
     assert box == (0, 300, 0, 420)  # the whole image is in view
     misses = widget.session.prepared.cache_stats.misses

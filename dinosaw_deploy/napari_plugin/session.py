@@ -19,11 +19,13 @@ from dinosaw_deploy.image.box import Box
 from dinosaw_deploy.image.reader import RegionSource
 from dinosaw_deploy.segment.classifier import ClassifierParams
 from dinosaw_deploy.segment.labels import Scribbles, scribbles_from_array
-from dinosaw_deploy.segment.segmenter import DEFAULT_TILE, Segmenter
+from dinosaw_deploy.segment.segmenter import Segmenter
 from dinosaw_deploy.tiling.cache import DEFAULT_CACHE_BYTES
 from dinosaw_deploy.tiling.store import PatchGrid
 
 from .viewport import Generations
+
+LIVE_TILE, LIVE_ROUNDS = 256, 30
 
 
 class LiveSession:
@@ -33,13 +35,15 @@ class LiveSession:
         image: an in-memory array or a region source (a file reader).
         extractor: a ``FeatureExtractor`` for ViT channels, or None for classical features only.
         grid: the image's patch features when ``image`` is a reader and ``extractor`` is set.
-        classifier: XGBoost settings (default: 50 rounds, enough for a live preview).
+        classifier: XGBoost settings (default: 30 rounds: prediction time grows with the trees, and
+            every stroke re-predicts the visible tiles).
+        tile: the prediction tile (default 256 px: a view is covered by tiles that overshoot it less).
     """
 
     def __init__(self, image: np.ndarray | RegionSource, *, extractor=None, grid: PatchGrid | None = None,
-                 classifier: ClassifierParams | None = None, tile: int = DEFAULT_TILE, threads: int | None = None,
+                 classifier: ClassifierParams | None = None, tile: int = LIVE_TILE, threads: int | None = None,
                  cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
-        self.segmenter = Segmenter(extractor=extractor, classifier=classifier or ClassifierParams(rounds=50),
+        self.segmenter = Segmenter(extractor=extractor, classifier=classifier or ClassifierParams(rounds=LIVE_ROUNDS),
                                    tile=tile, threads=threads)
         self.prepared = self.segmenter.prepare(image, grid=grid, cache_bytes=cache_bytes)
         self.generations = Generations()

@@ -8,6 +8,7 @@ next tile, and what they would have shown is dropped.
 from __future__ import annotations
 
 from dataclasses import replace
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from .viewport import box_pixels, paint_region, visible_box
 MAX_LIVE_PIXELS = 3000 * 3000  # a larger view asks to zoom in instead of predicting it all
 PAINT_SIDE = 8192  # on larger images the scribbles layer (in memory, uint8) covers a region this big
 PAINT_DEBOUNCE_MS, VIEW_DEBOUNCE_MS = 250, 150
+REDRAW_S = 0.5  # while tiles arrive, the prediction layer is redrawn at most this often
 
 
 class _Cancelled(DinosawError):
@@ -62,6 +64,7 @@ class SegmentWidget(QWidget):
         self.image_layer = self.scribbles = self.prediction = None
         self.paint_box: Box | None = None  # the level-0 box the scribbles layer covers
         self._shown: tuple[Box, np.ndarray] | None = None  # the prediction layer's box and buffer
+        self._drawn = 0.0  # when the prediction layer was last redrawn
         self._workers: list[Any] = []
         self._cancel = False
         self._bar = None
@@ -219,12 +222,14 @@ class SegmentWidget(QWidget):
         self._run(self._predict_job, box, token)
 
     def _predict_job(self, box: Box, token: int):
+        """Yields (token, box, what, tile, labels): ``too large``, then ``start``, each ``tile``, ``done``."""
         if box_pixels(box) > MAX_LIVE_PIXELS:
-            yield token, box, None, None
+            yield token, box, "too large", None, None
             return
-        yield token, box, None, np.zeros(0)  # reset the layer to this box
+        yield token, box, "start", None, None
         for tile, labels in self.session.predict(box, token):
-            yield token, box, tile, labels
+            yield token, box, "tile", tile, labels
+        yield token, box, "done", None, None
 
     def _run(self, job, *args) -> None:
         worker = create_worker(job, *args, _start_thread=False, _ignore_errors=True)
@@ -235,25 +240,29 @@ class SegmentWidget(QWidget):
         worker.start()
 
     def _show(self, item: tuple) -> None:
-        token, box, tile, labels = item
+        token, box, what, tile, labels = item
         if self.session is None or not self.session.generations.is_current(token):
             return
-        if labels is None:
+        if what == "too large":
             self.status.setText(f"zoom in to see live labels (the view has {box_pixels(box):.3g} px; live "
                                 f"prediction covers up to {MAX_LIVE_PIXELS:.3g})")
-            return
-        if tile is None:
+        elif what == "start":
             y0, y1, x0, x1 = box
             self._shown = (box, self.session.region(box))
             self.prediction.data = self._shown[1]
             self.prediction.translate = (y0 * self.prediction.scale[0], x0 * self.prediction.scale[1])
+            self._drawn = time.monotonic()
             self.status.setText("predicting the visible region …")
-            return
-        shown_box, buffer = self._shown
-        paste(buffer, shown_box, tile, labels)
-        self.prediction.refresh()
-        self.status.setText(f"labels of {shown_box[1] - shown_box[0]}x{shown_box[3] - shown_box[2]} px shown")
-        self.fractions.setText(", ".join(f"{name} {share:.1%}" for name, share in self.session.fractions().items()))
+        elif what == "tile":
+            paste(self._shown[1], self._shown[0], tile, labels)
+            if time.monotonic() - self._drawn > REDRAW_S:  # redrawing after every tile would slow the work down
+                self.prediction.refresh()
+                self._drawn = time.monotonic()
+        else:
+            self.prediction.refresh()
+            (y0, y1, x0, x1), _ = self._shown
+            self.status.setText(f"labels of {y1 - y0}x{x1 - x0} px shown")
+            self.fractions.setText(", ".join(f"{name} {share:.1%}" for name, share in self.session.fractions().items()))
 
     def _failed(self, exc: BaseException) -> None:
         message = str(exc) if isinstance(exc, DinosawError) else f"unexpected {type(exc).__name__}: {exc}"
