@@ -559,10 +559,13 @@ def test_missing_output_folder_and_full_disk_on_save(bundle, tmp_path, monkeypat
     with pytest.raises(DinosawError, match="does not exist"):
         seg.save(tmp_path / "missing" / "m.dsw")
 
-    def full(*args, **kwargs):
+    write_bytes = Path.write_bytes
+
+    def full(self, data):
+        write_bytes(self, data[: len(data) // 2])  # the disk fills half-way through the file
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(zipfile.ZipFile, "writestr", full)
+    monkeypatch.setattr(Path, "write_bytes", full)
     with pytest.raises(DinosawError, match="No space left on device"):
         seg.save(tmp_path / "m.dsw")
     assert list(tmp_path.iterdir()) == []
