@@ -9,6 +9,8 @@ from click.testing import CliRunner
 
 from dinosaw_deploy.cli import main
 from dinosaw_deploy.errors import DinosawError
+from dinosaw_deploy.image.intensity import fit_intensity_range, scale_intensity
+from dinosaw_deploy.image.reader import ArrayRegions
 from dinosaw_deploy.segment import labels as labels_module
 from dinosaw_deploy.segment.classifier import ClassifierParams
 from dinosaw_deploy.segment.labels import (
@@ -171,7 +173,8 @@ def test_preview_shows_image_scribbles_and_result(files, tmp_path):
     preview = np.asarray(Image.open(tmp_path / "s.preview.png"))
     assert preview.shape[1] == 3 * 200 + 2 * 8  # image | scribbles | result
     image = tifffile.imread(files / "a.tif")
-    np.testing.assert_array_equal(preview[:160, :200, 0], image)  # the plain image first
+    seen = scale_intensity(image, fit_intensity_range(ArrayRegions(image), normalize="percentile"))
+    np.testing.assert_array_equal(preview[:160, :200, 0], (seen * 255).astype(np.uint8))  # the model's view first
     code, text = run("apply", files / "a.tif", "--model", tmp_path / "s.dsw", "-o", tmp_path / "t.ome.tif")
     assert code == 0, text
     assert np.asarray(Image.open(tmp_path / "t.preview.png")).shape[1] == 2 * 200 + 8  # no scribbles to show

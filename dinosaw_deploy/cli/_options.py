@@ -8,6 +8,7 @@ import click
 
 from dinosaw_deploy.engine.backends import BACKENDS
 from dinosaw_deploy.errors import DinosawError
+from dinosaw_deploy.image.intensity import DEFAULT_NORMALIZE, NORMALIZATIONS
 from dinosaw_deploy.preflight import DEFAULT_MAX_PIXELS
 
 DEFAULT_ENGINE = Path("engines") / "alibi_dv2_vits14.onnx"
@@ -31,6 +32,10 @@ def training_options(command):
         click.option("--contrast", type=click.Choice(["none", "clahe"]), default="none", show_default=True,
                      help="Contrast equalisation before the filter bank (CLAHE evens out uneven illumination; "
                           "fitted per image)."),
+        click.option("--normalize", type=click.Choice(NORMALIZATIONS), default=DEFAULT_NORMALIZE, show_default=True,
+                     help="How each image's intensities map to [0, 1], fitted per image and stored in the model: "
+                          "dtype = the pixel type's range; minmax, percentile (0.5-99.5 %) or zscore (mean +- 3 "
+                          "std) of a sample of the whole image (robust to exposure changes between scans)."),
         click.option("--rounds", type=click.IntRange(min=1), default=100, show_default=True, help="XGBoost rounds."),
         click.option("--max-depth", type=click.IntRange(min=1), default=8, show_default=True,
                      help="XGBoost tree depth."),

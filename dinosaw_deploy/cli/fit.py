@@ -24,7 +24,7 @@ from dinosaw_deploy.image.reader import require_file
 @backend_option
 @max_pixels_option
 def fit_command(pairs: tuple[tuple[Path, Path], ...], output: Path, engine: Path | None, no_vit: bool, contrast: str,
-                rounds: int, max_depth: int, device: str, threads: int | None, overwrite: bool, backend: str,
+                normalize: str, rounds: int, max_depth: int, device: str, threads: int | None, overwrite: bool, backend: str,
                 max_pixels: int) -> None:
     """Train one model on the scribbles of one or more images; apply it with `dinosaw-deploy apply`."""
     from dinosaw_deploy.segment.classifier import ClassifierParams
@@ -35,6 +35,6 @@ def fit_command(pairs: tuple[tuple[Path, Path], ...], output: Path, engine: Path
     for path in (p for pair in pairs for p in pair):  # before the engine, whose notice would bury this error
         require_file(path, "input")
     with TileProgress() as progress:
-        fit_scans(pairs, output, extractor=open_engine(engine, no_vit, backend), contrast=contrast,
+        fit_scans(pairs, output, extractor=open_engine(engine, no_vit, backend), contrast=contrast, normalize=normalize,
                   classifier=ClassifierParams(rounds=rounds, max_depth=max_depth), device=device, threads=threads,
                   overwrite=overwrite, echo=click.echo, progress=progress, max_pixels=max_pixels)

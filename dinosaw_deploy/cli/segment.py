@@ -40,7 +40,8 @@ from dinosaw_deploy.image.reader import require_file
 @cluster_options
 @max_pixels_option
 def segment_command(image: Path, labels_path: Path, output: Path, engine: Path | None, no_vit: bool,
-                    save_model: Path | None, probabilities: bool, modal: int, crf: bool, contrast: str, rounds: int,
+                    save_model: Path | None, probabilities: bool, modal: int, crf: bool, contrast: str, normalize: str,
+                    rounds: int,
                     max_depth: int, device: str, threads: int | None, overwrite: bool, ground_truth: Path | None,
                     backend: str, cluster: str | None, block: int | None,
                     connect_timeout: float, max_pixels: int) -> None:
@@ -54,7 +55,7 @@ def segment_command(image: Path, labels_path: Path, output: Path, engine: Path |
         require_file(path, "input")
     with TileProgress() as progress, cluster_executor(cluster, block, threads, backend, connect_timeout) as executor:
         segment_scan(image, labels_path, output, extractor=open_engine(engine, no_vit, backend), save_model=save_model,
-                     probabilities=probabilities, modal=modal, crf=crf, contrast=contrast,
+                     probabilities=probabilities, modal=modal, crf=crf, contrast=contrast, normalize=normalize,
                      classifier=ClassifierParams(rounds=rounds, max_depth=max_depth), device=device,
                      threads=threads, overwrite=overwrite, ground_truth=ground_truth, echo=click.echo,
                      progress=progress, executor=executor, max_pixels=max_pixels)

@@ -17,6 +17,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,8 @@ def run_blocks(client: Any, func: Callable, job: Any, blocks: list[tuple[str, An
             results.append(future.result())
             if progress:
                 progress(len(results), len(futures))
-    except OSError:  # the connection to the scheduler closed while we waited or gathered
-        raise lost() from None
+    except (OSError, CancelledError):  # the scheduler's connection closed while we waited or gathered (a
+        raise lost() from None          # finished future's result is then cancelled: FutureCancelledError)
     finally:
         client.cancel(list(futures))
     seconds = time.perf_counter() - started
@@ -145,8 +146,9 @@ class DaskExecutor:
         return DaskTiles(self.client, block=self.block or DEFAULT_BLOCK, threads=self.threads, backend=self.backend)
 
     def extract(self, reader: ImageReader, extractor: FeatureExtractor, store: Path,
-                progress: Progress | None) -> None:
-        self.stats["features"] = extract_tiled(reader, extractor, store, progress=progress, runner=self.runner)
+                intensity_range: tuple[float, float], progress: Progress | None) -> None:
+        self.stats["features"] = extract_tiled(reader, extractor, store, intensity_range=intensity_range,
+                                               progress=progress, runner=self.runner)
 
     def predict(self, prepared: PreparedImage, targets: dict[str, Path], work: Path, *, modal: int, crf: bool,
                 echo: Callable[[str], None], progress: Progress | None) -> None:

@@ -5,9 +5,14 @@ Per-tile scaling would give each tile its own contrast and make tile borders vis
 
 * ``intensity_range=(lo, hi)`` given: used as is.
 * ``percentiles=(p_lo, p_hi)`` given: those percentiles of the sample (a contrast stretch).
-* otherwise the whole-image rules of :mod:`dinosaw_deploy.engine.preprocess`, made global: integers use
-  their dtype's range, floats already inside [0, 1] keep it, other floats use the sample's min/max.
-  An image that fits in one sample therefore gets exactly the features of the whole-image path.
+* otherwise the rule ``normalize`` names (:data:`NORMALIZATIONS`):
+
+  - ``dtype`` (the default): the whole-image rules of :mod:`dinosaw_deploy.engine.preprocess`, made
+    global: integers use their dtype's range, floats already inside [0, 1] keep it, other floats use
+    the sample's min/max. An image that fits in one sample gets exactly the whole-image path's features.
+  - ``minmax``: the sample's min/max (a per-image stretch).
+  - ``percentile``: its :data:`ROBUST_PERCENTILES` percentiles (a stretch robust to hot pixels).
+  - ``zscore``: mean +- :data:`ZSCORE_STDS` standard deviations (mean -> 0.5, one std -> 1 / (2 * 3)).
 
 The sample is the whole image up to :data:`WHOLE_IMAGE_PIXELS`, else :data:`WINDOWS` random windows of
 :data:`WINDOW` px (seeded, so reruns and resumed runs fit the same range). ``reader`` is an
@@ -23,6 +28,11 @@ from dinosaw_deploy.image.reader import RegionSource
 WHOLE_IMAGE_PIXELS = 16 * 2**20
 WINDOWS = 64
 WINDOW = 256
+NORMALIZATIONS = ("dtype", "minmax", "percentile", "zscore")
+DEFAULT_NORMALIZE = "percentile"  # new models (a bundle without the setting keeps "dtype")
+ROBUST_PERCENTILES = (0.5, 99.5)
+ZSCORE_STDS = 3.0
+HISTOGRAM_BINS = 64
 
 
 def sample_pixels(reader: RegionSource, *, seed: int = 0) -> np.ndarray:
@@ -42,14 +52,45 @@ def fit_intensity_range(
     *,
     intensity_range: tuple[float, float] | None = None,
     percentiles: tuple[float, float] | None = None,
+    normalize: str = "dtype",
     seed: int = 0,
 ) -> tuple[float, float]:
     """The (lo, hi) that every tile maps to [0, 1] (see the module docstring for the rules)."""
+    check_normalize(normalize)
     if intensity_range is not None:
         return check_range(intensity_range)
-    if percentiles is None and (reader.dtype == np.bool_ or np.issubdtype(reader.dtype, np.integer)):
+    if percentiles is None and normalize == "dtype" and (reader.dtype == np.bool_
+                                                         or np.issubdtype(reader.dtype, np.integer)):
         return dtype_range(reader.dtype)
-    return range_of_values(sample_pixels(reader, seed=seed), percentiles)
+    values = sample_pixels(reader, seed=seed)
+    if percentiles is None and normalize in ("minmax", "percentile", "zscore"):
+        return normalized_range(values, normalize)
+    return range_of_values(values, percentiles)
+
+
+def check_normalize(normalize: str) -> str:
+    """``normalize`` if it names a rule of :data:`NORMALIZATIONS`, else a DinosawError listing them."""
+    if normalize not in NORMALIZATIONS:
+        raise DinosawError(f"unknown intensity normalisation {normalize!r} (use {', '.join(NORMALIZATIONS)})")
+    return normalize
+
+
+def normalized_range(values: np.ndarray, normalize: str) -> tuple[float, float]:
+    """The (lo, hi) of pixel ``values`` under the per-image rule ``normalize`` (minmax, percentile, zscore)."""
+    if normalize == "percentile":
+        return range_of_values(values, ROBUST_PERCENTILES)
+    check_pixels(values)
+    if values.size == 0:
+        raise DinosawError("the image is empty")
+    values = values.astype(np.float64, copy=False)
+    if normalize == "zscore":
+        mean, std = float(values.mean()), float(values.std())
+        lo, hi = mean - ZSCORE_STDS * std, mean + ZSCORE_STDS * std
+    else:
+        lo, hi = float(values.min()), float(values.max())
+    if not hi - lo >= float(np.finfo(np.float32).tiny):  # flat (to float32 precision)
+        return lo, lo + 1.0
+    return lo, hi
 
 
 def check_range(intensity_range: tuple[float, float]) -> tuple[float, float]:
@@ -90,19 +131,36 @@ def range_of_values(values: np.ndarray, percentiles: tuple[float, float] | None 
     check_pixels(values)
     if values.size == 0:
         raise DinosawError("the image is empty")
-    values = values.astype(np.float64, copy=False)
     if percentiles is not None:
         p_lo, p_hi = map(float, percentiles)
         if not 0.0 <= p_lo < p_hi <= 100.0:
             raise DinosawError(f"percentiles must satisfy 0 <= LO < HI <= 100, got ({p_lo}, {p_hi})")
-        lo, hi = (float(v) for v in np.percentile(values, (p_lo, p_hi)))
+        lo, hi = percentiles_of(values, (p_lo, p_hi))
     else:
+        values = values.astype(np.float64, copy=False)
         lo, hi = float(values.min()), float(values.max())
         if lo >= 0.0 and hi <= 1.0:
             return 0.0, 1.0
     if not hi - lo >= float(np.finfo(np.float32).tiny):  # flat (to float32 precision)
         return lo, lo + 1.0
     return lo, hi
+
+
+def percentiles_of(values: np.ndarray, percentiles: tuple[float, ...]) -> tuple[float, ...]:
+    """``np.percentile(values, percentiles)`` (linear interpolation), from a histogram for 8- and
+    16-bit integers (a live frame's range in milliseconds instead of a sort)."""
+    values = values.ravel()
+    if values.dtype.kind not in "biu" or values.dtype.itemsize > 2:
+        return tuple(float(v) for v in np.percentile(values.astype(np.float64, copy=False), percentiles))
+    offset = 0 if values.dtype.kind in "bu" else -int(np.iinfo(values.dtype).min)
+    cumulative = np.cumsum(np.bincount(values.astype(np.int64) + offset if offset else values))
+    out = []
+    for q in percentiles:
+        rank = q / 100.0 * (values.size - 1)  # the k-th smallest value, as np.percentile's "linear"
+        below, above = (int(np.searchsorted(cumulative, k, side="right")) - offset
+                        for k in (np.floor(rank), np.ceil(rank)))
+        out.append(below + (above - below) * (rank - np.floor(rank)))
+    return tuple(float(v) for v in out)
 
 
 def scale_intensity(image: np.ndarray, intensity_range: tuple[float, float] | None = None) -> np.ndarray:
@@ -120,3 +178,19 @@ def scale_intensity(image: np.ndarray, intensity_range: tuple[float, float] | No
             intensity_range = range_of_values(image)
     lo, hi = check_range(intensity_range)
     return np.clip((image.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
+
+
+def intensity_histogram(reader: RegionSource, intensity_range: tuple[float, float], *, seed: int = 0) -> np.ndarray:
+    """(:data:`HISTOGRAM_BINS`,) float64 fractions of the pixel sample (:func:`sample_pixels`) over [0, 1]
+    after mapping it with ``intensity_range``: what an image looks like to a model."""
+    scaled = scale_intensity(sample_pixels(reader, seed=seed), intensity_range)
+    counts = np.bincount(np.minimum((scaled * HISTOGRAM_BINS).astype(np.int64), HISTOGRAM_BINS - 1),
+                         minlength=HISTOGRAM_BINS)
+    return counts / max(int(counts.sum()), 1)
+
+
+def histogram_shift(a: np.ndarray, b: np.ndarray) -> float:
+    """Earth mover's distance between two histograms over [0, 1] (:func:`intensity_histogram`): how far,
+    as a fraction of the range, the intensities must move on average to turn one into the other."""
+    a, b = (np.asarray(h, np.float64) / max(float(np.sum(h)), 1e-12) for h in (a, b))
+    return float(np.abs(np.cumsum(a) - np.cumsum(b)).sum() / len(a))

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from dinosaw_deploy.errors import DinosawError
+from dinosaw_deploy.image.intensity import HISTOGRAM_BINS, NORMALIZATIONS
 from dinosaw_deploy.segment.classifier import ClassifierParams
 from dinosaw_deploy.segment.filters import FilterBankConfig
 from dinosaw_deploy.segment.labels import MAX_CLASSES
@@ -90,7 +91,8 @@ def check_config(config: dict[str, Any], source: str) -> None:
 
 def _check_config(config: dict[str, Any]) -> None:
     _dict(config, "", {"filter_bank", "classes", "classifier", "channels", "max_samples_per_class", "vit"},
-          {"dinosaw_deploy_version", "tile", "contrast", "training", "class_prior"})
+          {"dinosaw_deploy_version", "tile", "contrast", "normalize", "training", "class_prior",
+           "intensity_histogram"})
     _str(config.get("dinosaw_deploy_version", ""), "dinosaw_deploy_version")
     _filter_bank(config["filter_bank"])
     classes = _list(config["classes"], "classes", 2, MAX_CLASSES)
@@ -108,6 +110,10 @@ def _check_config(config: dict[str, Any]) -> None:
     if prior is not None:
         for i, v in enumerate(_list(prior, "class_prior", len(classes), len(classes))):
             _float(v, f"class_prior[{i}]", 0.0, 1.0, lo_open=True)
+    histogram = config.get("intensity_histogram")
+    if histogram is not None:
+        for i, v in enumerate(_list(histogram, "intensity_histogram", HISTOGRAM_BINS, HISTOGRAM_BINS)):
+            _float(v, f"intensity_histogram[{i}]", 0.0, 1.0)
     fields = {f.name for f in dataclasses.fields(ClassifierParams)}
     classifier = _dict(config["classifier"], "classifier", fields)
     _int(classifier["max_depth"], "classifier.max_depth", 1, MAX_DEPTH)
@@ -125,6 +131,8 @@ def _check_config(config: dict[str, Any]) -> None:
         _int(contrast["grid"], "contrast.grid", 1, MAX_CLAHE_GRID)
         _float(contrast["clip_limit"], "contrast.clip_limit", 0.0, 1.0, lo_open=True)
         _int(contrast["bins"], "contrast.bins", 2, MAX_CLAHE_BINS)
+    if config.get("normalize", "dtype") not in NORMALIZATIONS:
+        raise _Bad(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {_show(config['normalize'])}")
     vit = config["vit"]
     if vit is not None:
         _dict(vit, "vit", {"model", "identity", "patch_size", "n_components"})

@@ -22,7 +22,7 @@ import numpy as np
 
 from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.image.box import Box
-from dinosaw_deploy.image.intensity import fit_intensity_range, scale_intensity
+from dinosaw_deploy.image.intensity import fit_intensity_range, intensity_histogram, scale_intensity
 from dinosaw_deploy.image.reader import ArrayRegions, RegionSource
 from dinosaw_deploy.segment.contrast import Clahe, ClaheConfig
 from dinosaw_deploy.segment.filters import FilterBank
@@ -39,6 +39,7 @@ class Model(Protocol):
 
     bank: FilterBank
     contrast: ClaheConfig | None
+    normalize: str
     extractor: Any
     pca: PcaFeatures | None
     tile: int
@@ -77,10 +78,11 @@ class PreparedImage:
 
     Args:
         segmenter: whose filter bank, CLAHE setting, ViT engine and tile size apply. Refitting it is
-            fine: its classifier and PCA are read at each call; a new filter bank or CLAHE setting
-            empties the cache and refits the view.
+            fine: its classifier and PCA are read at each call; a new filter bank, CLAHE or
+            normalisation setting empties the cache and refits the view.
         image: an in-memory array or any region source (a file reader, a zarr array view).
-        intensity_range: the (lo, hi) mapped to [0, 1]; default: the intensity rule fitted on ``image``.
+        intensity_range: the (lo, hi) mapped to [0, 1]; default: the segmenter's ``normalize`` rule
+            fitted on ``image`` (:func:`~dinosaw_deploy.image.intensity.fit_intensity_range`).
         contrast: a CLAHE already fitted (e.g. on the client of a cluster run); default: fitted on
             ``image`` when the segmenter asks for CLAHE.
         grid: the image's patch features (a feature store, an array grid); default for an in-memory
@@ -97,8 +99,8 @@ class PreparedImage:
         self._array = image if isinstance(image, np.ndarray) else None
         self._grid, self._grid_engine = grid, None
         self.cache = FeatureCache(cache_bytes)
-        range_ = fit_intensity_range(self.source) if intensity_range is None else intensity_range
-        self.gray = GrayImage(self.source, range_, contrast)
+        self._fixed_range = intensity_range
+        self.gray = GrayImage(self.source, self._fit_range(), contrast)
         self._settings = self._feature_settings()
         if contrast is None and segmenter.contrast is not None:
             self.gray.contrast = Clahe.fit(self.gray, segmenter.contrast)
@@ -106,11 +108,31 @@ class PreparedImage:
     # -- what the features depend on ------------------------------------------------------
     def _feature_settings(self) -> tuple[Any, ...]:
         seg = self.segmenter
-        return seg.bank.config, seg.contrast
+        return seg.bank.config, seg.contrast, seg.normalize
+
+    def _fit_range(self) -> tuple[float, float]:
+        if self._fixed_range is not None:
+            return fit_intensity_range(self.source, intensity_range=self._fixed_range)
+        return fit_intensity_range(self.source, normalize=self.segmenter.normalize)
+
+    @property
+    def intensity_range(self) -> tuple[float, float]:
+        """The (lo, hi) this image's pixels map to [0, 1] (for the filter bank and the ViT engine)."""
+        self._check_settings()
+        return self.gray.intensity_range
+
+    def intensity_histogram(self) -> np.ndarray:
+        """The image's intensity histogram under :attr:`intensity_range` (a pixel sample; see
+        :func:`~dinosaw_deploy.image.intensity.intensity_histogram`)."""
+        return intensity_histogram(self.source, self.intensity_range)
 
     def _check_settings(self) -> None:
         settings = self._feature_settings()
         if settings != self._settings:
+            if settings[2] != self._settings[2]:
+                self.gray.intensity_range = self._fit_range()
+                if self._grid_engine is not None:
+                    self._grid = self._grid_engine = None  # computed here under the old range
             self._settings = settings
             self.cache.clear()
             self.gray.contrast = None if self.segmenter.contrast is None else Clahe.fit(self.gray,
@@ -119,6 +141,7 @@ class PreparedImage:
     @property
     def grid(self) -> PatchGrid | None:
         """The patch features the ViT channels are read from (None for a classical segmenter)."""
+        self._check_settings()
         extractor = self.segmenter.extractor
         if self._grid is None or (self._grid_engine is not None and self._grid_engine is not extractor):
             if extractor is None:
@@ -128,8 +151,19 @@ class PreparedImage:
             if self._array is None:
                 raise DinosawError("this model uses ViT features: pass the image's patch features (grid=...), "
                                    "e.g. a feature store written by `dinosaw-deploy features`")
-            self._grid, self._grid_engine = ArrayGrid(patch_features(self._array, extractor)), extractor
+            grid = patch_features(self._array, extractor, intensity_range=self.intensity_range)
+            self._grid, self._grid_engine = ArrayGrid(grid), extractor
+        stored = getattr(self._grid, "intensity_range", None)  # a feature store records its range
+        if stored is not None and not np.allclose(stored, self.gray.intensity_range, rtol=1e-6, atol=0):
+            lo, hi = self.gray.intensity_range
+            raise DinosawError(f"the patch features were computed with the intensity range {tuple(stored)}, but "
+                               f"this model maps the image to ({lo:g}, {hi:g}) (normalize={self.segmenter.normalize}"
+                               f"): recompute them with --intensity-range {lo:g} {hi:g}")
         return self._grid
+
+    def set_grid(self, grid: PatchGrid | None) -> None:
+        """Read the ViT channels from ``grid`` (e.g. a feature store computed under :attr:`intensity_range`)."""
+        self._grid, self._grid_engine = grid, None
 
     # -- features and predictions ---------------------------------------------------------
     def classical(self, box: Box) -> np.ndarray:

@@ -45,6 +45,7 @@ from dinosaw_deploy.files import (
     output_lock,
     remove_owned,
 )
+from dinosaw_deploy.image.intensity import DEFAULT_NORMALIZE
 from dinosaw_deploy.image.ome_writer import write_ome_pyramid
 from dinosaw_deploy.image.ome_zarr import build_levels, create_ome_zarr, publish
 from dinosaw_deploy.image.reader import ImageReader, open_image
@@ -73,21 +74,22 @@ from dinosaw_deploy.segment.prepared import GrayImage, PreparedImage
 from dinosaw_deploy.segment.segmenter import Segmenter
 from dinosaw_deploy.tiling.grid import tile_boxes
 from dinosaw_deploy.tiling.pipeline import extract_tiled
-from dinosaw_deploy.tiling.store import FeatureStore, PatchGrid
+from dinosaw_deploy.tiling.store import FeatureStore
 
 PREVIEW_SIZE = 1024
 RUN_FILE = "run.json"
 Echo = Callable[[str], None]
 Progress = Callable[[int, int], None]
 SUFFIXES = (".ome.tif", ".ome.tiff", ".ome.zarr")
+SHIFT_WARNING = 0.10  # intensity shift (earth mover's distance over [0, 1]) above which apply warns
 
 
 class Executor(Protocol):
     """Runs the tiled stages of a job (default: in this process)."""
 
     def extract(self, reader: ImageReader, extractor: FeatureExtractor, store: Path,
-                progress: Progress | None) -> None:
-        """Write ``reader``'s feature store to ``store``, as ``extract_tiled`` with its defaults does."""
+                intensity_range: tuple[float, float], progress: Progress | None) -> None:
+        """Write ``reader``'s feature store to ``store``, as ``extract_tiled`` does under ``intensity_range``."""
 
     def predict(self, prepared: PreparedImage, targets: dict[str, Path], work: Path, *, modal: int, crf: bool,
                 echo: Echo, progress: Progress | None) -> None:
@@ -124,12 +126,13 @@ def output_paths(output: str | os.PathLike, probabilities: bool) -> dict[str, Pa
 
 
 def new_segmenter(extractor: FeatureExtractor | None, contrast: str, classifier: ClassifierParams | None,
-                  threads: int | None, device: str) -> Segmenter:
+                  threads: int | None, device: str, normalize: str = DEFAULT_NORMALIZE) -> Segmenter:
     """An untrained Segmenter from the job options (``contrast``: ``none`` or ``clahe``)."""
     if contrast not in ("none", "clahe"):
         raise DinosawError(f"contrast must be none or clahe, not {contrast!r}")
     return Segmenter(extractor=extractor, classifier=classifier or ClassifierParams(),
-                     contrast=ClaheConfig() if contrast == "clahe" else None, threads=threads, device=device)
+                     contrast=ClaheConfig() if contrast == "clahe" else None, normalize=normalize,
+                     threads=threads, device=device)
 
 
 def work_path(output: str | os.PathLike) -> Path:
@@ -155,20 +158,21 @@ def _work_dir(output: Path, run: dict[str, Any], inputs: list[Path], echo: Echo)
     return work
 
 
-def _patch_grid(reader: ImageReader, extractor: FeatureExtractor | None, work: Path, echo: Echo,
-                progress: Progress | None, name: str = "features.zarr",
-                executor: Executor | None = None) -> PatchGrid | None:
-    """The image's stitched ViT features (resumable store ``name`` in the work folder), or None."""
+def _add_patch_grid(prepared: PreparedImage, extractor: FeatureExtractor | None, work: Path, echo: Echo,
+                    progress: Progress | None, name: str = "features.zarr",
+                    executor: Executor | None = None) -> None:
+    """Give ``prepared`` its stitched ViT features (resumable store ``name`` in the work folder),
+    computed under the image's intensity range; nothing for a classical model."""
     if extractor is None:
-        return None
-    store = work / name
+        return
+    store, reader, range_ = work / name, prepared.source, prepared.intensity_range
     if not store.is_dir():
         echo("computing ViT patch features ...")
         if executor is not None:
-            executor.extract(reader, extractor, store, progress)
+            executor.extract(reader, extractor, store, range_, progress)
         else:
-            extract_tiled(reader, extractor, store, progress=progress)
-    return FeatureStore.open(store)
+            extract_tiled(reader, extractor, store, intensity_range=range_, progress=progress)
+    prepared.set_grid(FeatureStore.open(store))
 
 
 def _targets(paths: dict[str, Path], seg: Segmenter, shape: tuple[int, int], pixel_size, work: Path) -> dict[str, Path]:
@@ -236,6 +240,17 @@ def write_tile(labels, probs, box: tuple[int, int, int, int], tile_labels: np.nd
     labels[y0:y1, x0:x1] = tile_labels
     if probs is not None:
         probs[:, y0:y1, x0:x1] = np.rint(tile_probs * 255).astype(np.uint8)
+
+
+def _exposure_check(seg: Segmenter, prepared: PreparedImage, image: Path, echo: Echo) -> float | None:
+    """The image's intensity shift from the training images (:meth:`Segmenter.intensity_shift`); one
+    warning line when it exceeds :data:`SHIFT_WARNING`."""
+    shift = seg.intensity_shift(prepared)
+    if shift is not None and shift > SHIFT_WARNING:
+        hint = "" if seg.normalize != "dtype" else "; a model trained with --normalize percentile adapts to each scan"
+        echo(f"warning: {image.name} does not look like the training images (intensity shift {shift:.3f} of the "
+             f"range, above {SHIFT_WARNING}): expect poorer labels{hint}")
+    return shift
 
 
 def _preview(path: Path, gray: GrayImage, labels, classes: list[LabelClass], scribbles: Scribbles | None = None
@@ -377,17 +392,18 @@ def _run(image: Path, output: Path, inputs: list[Path], options: dict[str, Any],
                                            f"but the image is {reader.shape[0]}x{reader.shape[1]} px")
             work = _work_dir(output, run, inputs, echo)
             seg = get_segmenter(work)
-            grid = _patch_grid(reader, extractor, work, echo, progress, executor=executor)
-            prepared = seg.prepare(reader, grid=grid, cache_bytes=0)  # each tile is computed once
+            prepared = seg.prepare(reader, cache_bytes=0)  # each tile is computed once
+            _add_patch_grid(prepared, extractor, work, echo, progress, executor=executor)
             if seg.booster is None:
                 train(prepared, work, checked)
+            shift = None if train is not None else _exposure_check(seg, prepared, image, echo)
             targets = _targets(paths, seg, tuple(reader.shape), reader.info.pixel_size, work)
             labels, probs = _predict(prepared, work, targets, modal=modal, crf=crf, echo=echo, progress=progress,
                                      executor=executor)
             quality = _quality(labels, seg.label_classes, ground_truth, echo)  # before an OME-Zarr target moves
             _write_outputs(paths, seg, prepared.gray, reader, labels, probs, targets, echo, checked)
             result = ScanResult(paths, list(seg.label_classes), tuple(reader.shape), reader.info.pixel_size,
-                                quality)
+                                {**quality, **({} if shift is None else {"intensity_shift": shift})})
     return work, result
 
 
@@ -402,6 +418,7 @@ def segment_scan(
     modal: int = 0,
     crf: bool = False,
     contrast: str = "none",
+    normalize: str = DEFAULT_NORMALIZE,
     classifier: ClassifierParams | None = None,
     device: str = "auto",
     threads: int | None = None,
@@ -419,11 +436,12 @@ def segment_scan(
     save_model = None if save_model is None else Path(save_model)
     if save_model is not None and save_model.suffix != ".dsw":
         raise DinosawError(f"--save-model must end in .dsw, got {save_model.name}")
-    fresh = new_segmenter(extractor, contrast, classifier, threads, device)  # options checked before any work
+    fresh = new_segmenter(extractor, contrast, classifier, threads, device, normalize)  # checked before any work
     inputs = [image, labels] + ([Path(extractor.model_path)] if extractor is not None else [])
     inputs += [ground_truth] if ground_truth is not None else []
     options = {"name": "segment", "vit": extractor is not None, "rounds": fresh.classifier.rounds,
-               "max_depth": fresh.classifier.max_depth, "contrast": contrast, "modal": modal, "crf": crf,
+               "max_depth": fresh.classifier.max_depth, "contrast": contrast, "normalize": normalize,
+               "modal": modal, "crf": crf,
                "probabilities": probabilities}
 
     def get_segmenter(work: Path) -> Segmenter:
@@ -501,6 +519,7 @@ def fit_scans(
     *,
     extractor: FeatureExtractor | None = None,
     contrast: str = "none",
+    normalize: str = DEFAULT_NORMALIZE,
     classifier: ClassifierParams | None = None,
     device: str = "auto",
     threads: int | None = None,
@@ -518,13 +537,13 @@ def fit_scans(
         raise DinosawError("pass at least one image and its scribbles (--pair IMAGE LABELS)")
     if output.suffix != ".dsw":
         raise DinosawError(f"the model must end in .dsw, got {output.name}")
-    seg = new_segmenter(extractor, contrast, classifier, threads, device)
+    seg = new_segmenter(extractor, contrast, classifier, threads, device, normalize)
     inputs = [path for pair in pairs for path in pair] + ([Path(extractor.model_path)] if extractor else [])
     for path in inputs:
         if not path.is_file():
             raise DinosawError(f"not found: {path}")
     check_output(output, inputs, overwrite)
-    run = {"command": {"name": "fit", "vit": extractor is not None, "contrast": contrast},
+    run = {"command": {"name": "fit", "vit": extractor is not None, "contrast": contrast, "normalize": normalize},
            "inputs": [fingerprint(p) for p in inputs]}
     with ExitStack() as stack:
         stack.enter_context(output_lock([output]))
@@ -541,9 +560,10 @@ def fit_scans(
         items = []
         for i, ((image, _), reader, marks) in enumerate(zip(pairs, readers, scribbles)):
             echo(f"{image.name}: {int(marks.counts().sum())} labelled px")
+            prepared = seg.prepare(reader, cache_bytes=0)
             with out_of_space(planned):
-                grid = _patch_grid(reader, extractor, work, echo, progress, name=f"features_{i}.zarr")
-            items.append((seg.prepare(reader, grid=grid, cache_bytes=0), marks))
+                _add_patch_grid(prepared, extractor, work, echo, progress, name=f"features_{i}.zarr")
+            items.append((prepared, marks))
         echo(f"training on {len(items)} images ...")
         seg.fit_prepared(items)
         echo(describe_classes(seg.label_classes, seg.training["pixels_labelled"]))

@@ -25,6 +25,7 @@ from dinosaw_deploy.engine.extractor import FeatureExtractor
 from dinosaw_deploy.engine.manifest import engine_identity
 from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.image.box import Box
+from dinosaw_deploy.image.intensity import DEFAULT_NORMALIZE, check_normalize, histogram_shift
 from dinosaw_deploy.image.reader import RegionSource
 from dinosaw_deploy.segment.booster_check import check_booster
 from dinosaw_deploy.segment.bundle import Bundle, bundle_bytes, load_bundle, read_bundle, save_bundle
@@ -78,6 +79,9 @@ class Segmenter:
         max_samples_per_class: training pixels kept per class (random, seeded) at most; fewer
             with many classes, so that pixels x classes <= ``MAX_PIXEL_CLASS_PAIRS``.
         contrast: optional CLAHE before the filter bank (:mod:`dinosaw_deploy.segment.contrast`); None = off.
+        normalize: how each image's intensities map to [0, 1], fitted per image (training, prediction,
+            each live frame): ``dtype``, ``minmax``, ``percentile`` or ``zscore``
+            (:mod:`dinosaw_deploy.image.intensity`); the same range feeds the ViT engine.
         estimate_prior: estimate the class frequencies of the training images from the predictions
             of unlabelled pixels (:func:`~dinosaw_deploy.segment.classifier.estimate_prior`) and weigh
             every prediction with them; False = equal priors (as models saved before issue 12).
@@ -95,6 +99,7 @@ class Segmenter:
         max_samples_per_class: int = 200_000,
         n_components: int = 9,
         contrast: ClaheConfig | None = None,
+        normalize: str = DEFAULT_NORMALIZE,
         estimate_prior: bool = True,
         threads: int | None = None,
         device: str = "auto",
@@ -110,8 +115,10 @@ class Segmenter:
         self.max_samples_per_class = max_samples_per_class
         self.n_components = n_components
         self.contrast = contrast
+        self.normalize = check_normalize(normalize)
         self.estimate_prior = estimate_prior
         self.class_prior: np.ndarray | None = None
+        self.intensity_histogram: np.ndarray | None = None
         self.threads = threads or os.cpu_count() or 1
         self.device = device
         self.booster = None
@@ -199,6 +206,7 @@ class Segmenter:
             unlabelled = np.concatenate([g[2] for g in gathered])
             self.class_prior = estimate_prior(self.booster.inplace_predict(unlabelled)).astype(np.float32)
         self.booster.set_param(PREDICT_PARAMS)
+        self.intensity_histogram = np.mean([prepared.intensity_histogram() for prepared in images], axis=0)
         labelled = np.sum([s.counts() for s in scribbles], axis=0)
         self.training = {"pixels_labelled": labelled.tolist(), "pixels_used": counts.tolist(), "device": device,
                          "images": len(items)}
@@ -246,6 +254,14 @@ class Segmenter:
         return x, (sample.classes.astype(np.int64) - 1), unlabelled_rows
 
     # -- prediction -----------------------------------------------------------------------
+    def intensity_shift(self, prepared: PreparedImage) -> float | None:
+        """How far ``prepared``'s intensity histogram lies from the training images' (earth mover's
+        distance over the normalised range, :func:`~dinosaw_deploy.image.intensity.histogram_shift`);
+        None for a model saved without the training histogram."""
+        if self.intensity_histogram is None:
+            return None
+        return histogram_shift(prepared.intensity_histogram(), self.intensity_histogram)
+
     def check_fitted(self) -> None:
         """Refuse to predict with a model that was never trained."""
         if self.booster is None:
@@ -316,7 +332,9 @@ class Segmenter:
             "tile": self.tile,
             "max_samples_per_class": self.max_samples_per_class,
             "contrast": None if self.contrast is None else self.contrast.to_dict(),
+            "normalize": self.normalize,
             "class_prior": None if self.class_prior is None else self.class_prior.tolist(),
+            "intensity_histogram": None if self.intensity_histogram is None else self.intensity_histogram.tolist(),
             "vit": None if self.pca is None else {**self.engine, "n_components": self.pca.num_components},
             "training": self.training,
         }
@@ -349,6 +367,7 @@ class Segmenter:
             tile=config.get("tile", DEFAULT_TILE),
             max_samples_per_class=config["max_samples_per_class"],
             contrast=None if config.get("contrast") is None else ClaheConfig.from_dict(config["contrast"]),
+            normalize=config.get("normalize", "dtype"),  # absent before issue 19: the dtype rule
             **options,
         )
         seg.label_classes = [LabelClass.from_dict(c) for c in config["classes"]]
@@ -356,6 +375,8 @@ class Segmenter:
         seg.estimate_prior = prior is not None
         seg.class_prior = None if prior is None else np.asarray(prior, np.float32)
         seg.training = dict(config.get("training") or {})
+        histogram = config.get("intensity_histogram")  # absent before issue 19: no exposure check
+        seg.intensity_histogram = None if histogram is None else np.asarray(histogram, np.float64)
         if vit is not None:
             seg.engine = {k: vit[k] for k in ("model", "identity", "patch_size")}
             seg.pca = PcaFeatures.from_arrays(bundle.arrays, vit["patch_size"])
