@@ -10,6 +10,16 @@ labelled area grows with the image. Each `segment` run (`--no-vit`, default sett
 through `/usr/bin/time -v`; the script prints wall time and CPU time (user + system: steadier than
 wall time on a shared machine) per Mpx relative to the smallest size, and peak RSS.
 Targets (issue #4): peak RSS <= 2 GiB, s/Mpx within ±15 % from 16 to 256 Mpx.
+
+    .venv/bin/python benchmarks/segment_scale.py --sizes 16 --peer     # + scikit-image + RF, same pixels
+    .venv/bin/python benchmarks/segment_scale.py --ebc-mosaic --peer   # 2048² of 4 real EBC images
+
+``--peer`` also times the simplest alternative end to end on the same files, as a user would
+(process start, read, scikit-image ``multiscale_basic_features(sigma_min=1, sigma_max=16)`` of the
+whole image, ``RandomForestClassifier(100, n_jobs=2)`` fit on the scribbled pixels, predict every
+pixel, write a TIFF) and prints ours / peer (issue 19 target: <= 0.5 on the 2048² mosaic). It holds
+the whole feature stack in memory, so it is skipped above 64 Mpx. ``--ebc-mosaic`` uses the first
+four EBC images of ``../shared/data/ebc`` (2 x 2) with ``tools/scribbles.py`` strokes (~1 %).
 """
 from __future__ import annotations
 
@@ -70,18 +80,56 @@ def make_inputs(root: Path, megapixels: int) -> tuple[Path, Path]:
     return scan, labels
 
 
-def segment(scan: Path, labels: Path, out: Path, threads: int | None) -> dict:
-    """One timed `segment` run: wall seconds and peak RSS (MiB) from /usr/bin/time -v."""
-    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "dinosaw_deploy.cli", "segment", str(scan), "--labels",
-           str(labels), "-o", str(out), "--no-vit", "--overwrite"] + (["--threads", str(threads)] if threads else [])
+def make_ebc_mosaic(root: Path, shared: Path) -> tuple[Path, Path]:
+    """A 2048² mosaic of the first four EBC images and their generated scribbles (class c -> c + 1)."""
+    import importlib.util
+
+    import tifffile
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("scribbles", shared / "tools" / "scribbles.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    paths = sorted((shared / "data" / "ebc" / "images").glob("*.tif"))[:4]
+    images = [tifffile.imread(p) for p in paths]
+    marks = [module.scribbles(np.asarray(Image.open(shared / "data" / "ebc" / "labels" / f"{p.stem}_label.png"))
+                              .astype(np.uint8), seed=i) for i, p in enumerate(paths)]
+    scan, labels = root / "ebc_mosaic.tif", root / "ebc_mosaic_scribbles.tif"
+    tifffile.imwrite(scan, np.block([[images[0], images[1]], [images[2], images[3]]]))
+    tifffile.imwrite(labels, np.block([[marks[0], marks[1]], [marks[2], marks[3]]]).astype(np.uint8))
+    return scan, labels
+
+
+def peer_run(scan: str, labels: str, out: str) -> None:
+    """The peer's whole job in this process (``--peer-run``): features, RF fit, predict, write."""
+    import tifffile
+    from skimage.feature import multiscale_basic_features
+    from sklearn.ensemble import RandomForestClassifier
+
+    image, marks = tifffile.imread(scan), tifffile.imread(labels)
+    features = multiscale_basic_features(image.astype(np.float32) / 255, sigma_min=1, sigma_max=16)
+    forest = RandomForestClassifier(n_estimators=100, n_jobs=2, random_state=0)
+    forest.fit(features[marks > 0], marks[marks > 0])
+    tifffile.imwrite(out, forest.predict(features.reshape(-1, features.shape[-1])).reshape(image.shape)
+                     .astype(np.uint8))
+
+
+def timed(cmd: list[str]) -> dict:
+    """Run ``cmd`` under /usr/bin/time -v: wall seconds, CPU seconds and peak RSS (MiB)."""
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode:
-        raise SystemExit(f"segment failed:\n{proc.stdout}\n{proc.stderr}")
+        raise SystemExit(f"{' '.join(cmd[:4])} failed:\n{proc.stdout}\n{proc.stderr}")
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1)) / 1024
     cpu = sum(float(re.search(rf"{kind} time \(seconds\): ([\d.]+)", proc.stderr).group(1)) for kind in ("User", "System"))
     return {"seconds": wall, "cpu_seconds": cpu, "rss_mib": rss}
+
+
+def segment(scan: Path, labels: Path, out: Path, threads: int | None) -> dict:
+    """One timed `segment` run: wall seconds and peak RSS (MiB) from /usr/bin/time -v."""
+    return timed([sys.executable, "-m", "dinosaw_deploy.cli", "segment", str(scan), "--labels", str(labels), "-o",
+                  str(out), "--no-vit", "--overwrite"] + (["--threads", str(threads)] if threads else []))
 
 
 def resume_check(scan: Path, labels: Path, root: Path, reference: Path, threads: int | None) -> bool:
@@ -112,11 +160,20 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/dsw-scale"))
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--resume", action="store_true", help="also kill/resume the smallest size")
+    parser.add_argument("--peer", action="store_true", help="also time scikit-image + RF(100) on the same files")
+    parser.add_argument("--ebc-mosaic", action="store_true", help="a 2048² mosaic of real EBC images instead")
+    parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
+    parser.add_argument("--peer-run", nargs=3, metavar=("SCAN", "LABELS", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.peer_run:
+        return peer_run(*args.peer_run)
     args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.ebc_mosaic and not (args.shared / "data" / "ebc").is_dir():
+        print(f"skipped: {args.shared}/data/ebc not found (the data stays in ../shared)")
+        return
     rows = []
-    for size in args.sizes:
-        scan, labels = make_inputs(args.workdir, size)
+    for size in [4] if args.ebc_mosaic else args.sizes:
+        scan, labels = make_ebc_mosaic(args.workdir, args.shared) if args.ebc_mosaic else make_inputs(args.workdir, size)
         import tifffile
 
         with tifffile.TiffFile(scan) as tif:
@@ -128,6 +185,13 @@ def main() -> None:
         per, cpu = result["seconds"] / mpx, result["cpu_seconds"] / mpx
         print(f"{mpx:8.1f} Mpx  wall {result['seconds']:7.1f} s = {per:6.3f} s/Mpx ({per / base:5.2f}x of smallest)  "
               f"CPU {cpu:6.3f} s/Mpx ({cpu / cpu_base:5.2f}x)  peak RSS {result['rss_mib']:6.0f} MiB", flush=True)
+        if args.peer and mpx <= 64:
+            peer = timed([sys.executable, __file__, "--peer-run", str(scan), str(labels),
+                          str(args.workdir / f"peer_{size}.tif")])
+            print(f"{'':8s}     peer wall {peer['seconds']:7.1f} s = {peer['seconds'] / mpx:6.3f} s/Mpx  "
+                  f"CPU {peer['cpu_seconds'] / mpx:6.3f} s/Mpx  peak RSS {peer['rss_mib']:6.0f} MiB;  ours / peer: "
+                  f"wall {result['seconds'] / peer['seconds']:.2f}, CPU {result['cpu_seconds'] / peer['cpu_seconds']:.2f}",
+                  flush=True)
     if args.resume:
         size = args.sizes[0]
         scan, labels = make_inputs(args.workdir, size)

@@ -10,6 +10,7 @@ from dinosaw_deploy.engine.backends import BACKENDS
 from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.image.intensity import DEFAULT_NORMALIZE, NORMALIZATIONS
 from dinosaw_deploy.preflight import DEFAULT_MAX_PIXELS
+from dinosaw_deploy.segment.classifier import ClassifierParams
 
 DEFAULT_ENGINE = Path("engines") / "alibi_dv2_vits14.onnx"
 
@@ -36,7 +37,8 @@ def training_options(command):
                      help="How each image's intensities map to [0, 1], fitted per image and stored in the model: "
                           "dtype = the pixel type's range; minmax, percentile (0.5-99.5 %) or zscore (mean +- 3 "
                           "std) of a sample of the whole image (robust to exposure changes between scans)."),
-        click.option("--rounds", type=click.IntRange(min=1), default=100, show_default=True, help="XGBoost rounds."),
+        click.option("--rounds", type=click.IntRange(min=1), default=ClassifierParams.rounds, show_default=True,
+                     help=f"XGBoost rounds (learning rate {ClassifierParams.learning_rate})."),
         click.option("--max-depth", type=click.IntRange(min=1), default=8, show_default=True,
                      help="XGBoost tree depth."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,

@@ -7,8 +7,8 @@ next tile, and what they would have shown is dropped.
 """
 from __future__ import annotations
 
-from dataclasses import replace
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 

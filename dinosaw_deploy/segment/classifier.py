@@ -21,8 +21,8 @@ class ClassifierParams:
     """XGBoost settings (no early stopping: a fixed number of rounds, so runs are reproducible)."""
 
     max_depth: int = 8
-    learning_rate: float = 0.3
-    rounds: int = 100
+    learning_rate: float = 0.5  # 40 rounds at 0.5 match 100 at 0.3 on EBC and ISB, in 0.4x the prediction time
+    rounds: int = 40
     max_bin: int = 256
     seed: int = 0
 

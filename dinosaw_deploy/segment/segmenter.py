@@ -74,7 +74,7 @@ class Segmenter:
         extractor: a ``FeatureExtractor`` (or the path of an engine, opened as one) to add PCA-reduced ViT
             channels; None = classical only.
         filter_bank: the classical filter-bank config (default: 74 channels).
-        classifier: XGBoost settings (default: hist, depth 8, 100 rounds, eta 0.3, seed 0).
+        classifier: XGBoost settings (default: hist, depth 8, 40 rounds, eta 0.5, seed 0).
         tile: prediction / feature tile size in px.
         max_samples_per_class: training pixels kept per class (random, seeded) at most; fewer
             with many classes, so that pixels x classes <= ``MAX_PIXEL_CLASS_PAIRS``.
