@@ -181,11 +181,14 @@ def test_napari_saves_what_the_cli_reads_and_segments_the_whole_scan(live, scan,
 
     viewer, widget, errors, path = live
     image, _, labels = scan
+    widget.normalize.setCurrentText("zscore")  # the intensity rule chosen in the widget travels with the model
+    widget.start()
     _paint(widget.scribbles, labels)
     widget.wait()
     marks = widget.save_scribbles(tmp_path / "marks.png")
     assert load_scribbles(marks).counts().sum() == np.count_nonzero(labels)
     model = widget.save_model(tmp_path / "live.dsw")
+    assert Segmenter.load(model).normalize == "zscore"
     widget.segment_whole_scan(tmp_path / "whole.ome.tif")
     widget.wait()
     assert not errors, errors

@@ -16,6 +16,7 @@ import numpy as np
 
 from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.image.box import Box
+from dinosaw_deploy.image.intensity import DEFAULT_NORMALIZE
 from dinosaw_deploy.image.reader import RegionSource
 from dinosaw_deploy.segment.classifier import ClassifierParams
 from dinosaw_deploy.segment.labels import Scribbles, scribbles_from_array
@@ -38,13 +39,14 @@ class LiveSession:
         classifier: XGBoost settings (default: 30 rounds: prediction time grows with the trees, and
             every stroke re-predicts the visible tiles).
         tile: the prediction tile (default 256 px: a view is covered by tiles that overshoot it less).
+        normalize: the intensity rule (``Segmenter(normalize=...)``), saved with the model.
     """
 
     def __init__(self, image: np.ndarray | RegionSource, *, extractor=None, grid: PatchGrid | None = None,
                  classifier: ClassifierParams | None = None, tile: int = LIVE_TILE, threads: int | None = None,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, normalize: str = DEFAULT_NORMALIZE) -> None:
         self.segmenter = Segmenter(extractor=extractor, classifier=classifier or ClassifierParams(rounds=LIVE_ROUNDS),
-                                   tile=tile, threads=threads)
+                                   tile=tile, threads=threads, normalize=normalize)
         self.prepared = self.segmenter.prepare(image, grid=grid, cache_bytes=cache_bytes)
         self.generations = Generations()
         self._tiles: dict[Box, np.ndarray] = {}  # labels of tiles under the current model

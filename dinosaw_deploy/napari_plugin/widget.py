@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
 
 from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.image.box import Box
+from dinosaw_deploy.image.intensity import DEFAULT_NORMALIZE, NORMALIZATIONS
 from dinosaw_deploy.segment.labels import Scribbles, save_scribbles, scribbles_from_array
 
 from .session import LiveSession, paste
@@ -91,6 +92,11 @@ class SegmentWidget(QWidget):
         engine_row.addWidget(self.engine)
         engine_row.addWidget(browse)
         self.use_vit = QCheckBox("ViT features")
+        self.normalize = QComboBox()
+        self.normalize.addItems(NORMALIZATIONS)
+        self.normalize.setCurrentText(DEFAULT_NORMALIZE)
+        self.normalize.setToolTip("How the image's intensities map to [0, 1] (stored in the saved model): "
+                                  "percentile / minmax / zscore stretch each scan, dtype keeps the pixel type's range")
         self.live = QCheckBox("live prediction of the visible region")
         self.live.setChecked(True)
         self.status = QLabel("choose an image, then start")
@@ -99,6 +105,7 @@ class SegmentWidget(QWidget):
         form = QFormLayout()
         form.addRow("image", self.image_choice)
         form.addRow("engine", engine_row)
+        form.addRow("intensities", self.normalize)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.use_vit)
@@ -160,7 +167,7 @@ class SegmentWidget(QWidget):
         source = getattr(base, "reader", None)  # a scan opened by our reader: read lazily, tile by tile
         if source is None or extractor is not None:  # ViT patch features are computed on an in-memory image
             source = np.asarray(base)
-        self.session = LiveSession(source, extractor=extractor)
+        self.session = LiveSession(source, extractor=extractor, normalize=self.normalize.currentText())
         self.image_layer = layer
         for old in (self.scribbles, self.prediction):
             if old is not None and old in self.viewer.layers:
