@@ -39,7 +39,7 @@ def training_options(command):
                           "std) of a sample of the whole image (robust to exposure changes between scans)."),
         click.option("--rounds", type=click.IntRange(min=1), default=ClassifierParams.rounds, show_default=True,
                      help=f"XGBoost rounds (learning rate {ClassifierParams.learning_rate})."),
-        click.option("--max-depth", type=click.IntRange(min=1), default=8, show_default=True,
+        click.option("--max-depth", type=click.IntRange(min=1), default=ClassifierParams.max_depth, show_default=True,
                      help="XGBoost tree depth."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                      help="XGBoost training device."),

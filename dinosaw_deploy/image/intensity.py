@@ -79,16 +79,24 @@ def normalized_range(values: np.ndarray, normalize: str) -> tuple[float, float]:
     """The (lo, hi) of pixel ``values`` under the per-image rule ``normalize`` (minmax, percentile, zscore)."""
     if normalize == "percentile":
         return range_of_values(values, ROBUST_PERCENTILES)
+    values = _checked(values).astype(np.float64, copy=False)
+    if normalize == "zscore":
+        mean, std = float(values.mean()), float(values.std())
+        return _unflat(mean - ZSCORE_STDS * std, mean + ZSCORE_STDS * std)
+    return _unflat(float(values.min()), float(values.max()))
+
+
+def _checked(values: np.ndarray) -> np.ndarray:
+    """``values`` if there are any and every one is a finite real number, else a DinosawError."""
     check_pixels(values)
     if values.size == 0:
         raise DinosawError("the image is empty")
-    values = values.astype(np.float64, copy=False)
-    if normalize == "zscore":
-        mean, std = float(values.mean()), float(values.std())
-        lo, hi = mean - ZSCORE_STDS * std, mean + ZSCORE_STDS * std
-    else:
-        lo, hi = float(values.min()), float(values.max())
-    if not hi - lo >= float(np.finfo(np.float32).tiny):  # flat (to float32 precision)
+    return values
+
+
+def _unflat(lo: float, hi: float) -> tuple[float, float]:
+    """(lo, hi), or (lo, lo + 1) for a flat sample (to float32 precision): its value maps to 0."""
+    if not hi - lo >= float(np.finfo(np.float32).tiny):
         return lo, lo + 1.0
     return lo, hi
 
@@ -128,22 +136,17 @@ def dtype_range(dtype: np.dtype) -> tuple[float, float]:
 def range_of_values(values: np.ndarray, percentiles: tuple[float, float] | None = None) -> tuple[float, float]:
     """The range fitted to pixel values: their percentiles, else [0, 1] when they lie inside it,
     else their min/max; a flat sample maps its value to 0 with unit scale."""
-    check_pixels(values)
-    if values.size == 0:
-        raise DinosawError("the image is empty")
+    _checked(values)
     if percentiles is not None:
         p_lo, p_hi = map(float, percentiles)
         if not 0.0 <= p_lo < p_hi <= 100.0:
             raise DinosawError(f"percentiles must satisfy 0 <= LO < HI <= 100, got ({p_lo}, {p_hi})")
-        lo, hi = percentiles_of(values, (p_lo, p_hi))
-    else:
-        values = values.astype(np.float64, copy=False)
-        lo, hi = float(values.min()), float(values.max())
-        if lo >= 0.0 and hi <= 1.0:
-            return 0.0, 1.0
-    if not hi - lo >= float(np.finfo(np.float32).tiny):  # flat (to float32 precision)
-        return lo, lo + 1.0
-    return lo, hi
+        return _unflat(*percentiles_of(values, (p_lo, p_hi)))
+    values = values.astype(np.float64, copy=False)
+    lo, hi = float(values.min()), float(values.max())
+    if lo >= 0.0 and hi <= 1.0:
+        return 0.0, 1.0
+    return _unflat(lo, hi)
 
 
 def percentiles_of(values: np.ndarray, percentiles: tuple[float, ...]) -> tuple[float, ...]:
