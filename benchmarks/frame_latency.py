@@ -52,13 +52,13 @@ def build_engines(workdir: Path, full: bool) -> dict[str, Path]:
     from vit_cpu import golden_like_weights
 
     from dinosaw_deploy.export.build import run_export
-    from dinosaw_deploy.export.model import AlibiDv2, AlibiDv2Config
+    from dinosaw_deploy.export.model import ViT, ViTConfig
 
     run_export(TINY / "weights_timm.pth", out_dir=workdir, name="tiny", int8=True, config_path=TINY / "config.json")
     engines = {"tiny": workdir / "tiny.onnx"}
     if full:
         weights = workdir / "vits14_random.pth"
-        torch.save(golden_like_weights(AlibiDv2(AlibiDv2Config())).state_dict(), weights)
+        torch.save(golden_like_weights(ViT(ViTConfig())).state_dict(), weights)
         run_export(weights, out_dir=workdir, name="vits14", int8=True)
         engines["ViT-S/14"] = workdir / "vits14.onnx"
     return engines

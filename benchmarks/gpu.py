@@ -32,7 +32,7 @@ from dinosaw_deploy.engine.preprocess import preprocess
 from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.export.build import artifact_metadata
 from dinosaw_deploy.export.checkpoint import LoadedCheckpoint
-from dinosaw_deploy.export.model import AlibiDv2, AlibiDv2Config
+from dinosaw_deploy.export.model import ViT, ViTConfig
 from dinosaw_deploy.export.onnx_export import export_onnx
 from dinosaw_deploy.export.verify import token_cosine
 from dinosaw_deploy.synthetic import render_region
@@ -71,7 +71,7 @@ def tiles_per_second(fn: Callable[[], object], batch: int, iters: int, device: s
     return batch * iters / (time.perf_counter() - start)
 
 
-def export_pair(model: AlibiDv2, work: Path) -> tuple[Path, Path]:
+def export_pair(model: ViT, work: Path) -> tuple[Path, Path]:
     """fp32 and fp16 ONNX of ``model`` with embedded manifests (what build_plan and the backends read)."""
     loaded = LoadedCheckpoint(model=model, bias=BiasConfig(), source="random (golden-like, benchmark)", sha256="-")
     paths = []
@@ -98,7 +98,7 @@ def main() -> None:
     if dev == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device visible to torch; use --device cpu for a smoke test")
     torch.manual_seed(0)
-    model = golden_like_weights(AlibiDv2(AlibiDv2Config(depth=args.depth))).eval()
+    model = golden_like_weights(ViT(ViTConfig(depth=args.depth))).eval()
     grid = args.tile // 14
     bias_np = np.array(attention_bias(grid, grid, model.config.num_heads))
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="dinosaw-gpu-bench-"))

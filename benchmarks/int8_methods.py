@@ -29,7 +29,7 @@ from vit_cpu import golden_like_weights, ort_session, time_it
 
 from dinosaw_deploy.engine.bias import BiasConfig, attention_bias
 from dinosaw_deploy.engine.preprocess import preprocess
-from dinosaw_deploy.export.model import AlibiDv2, AlibiDv2Config
+from dinosaw_deploy.export.model import ViT, ViTConfig
 from dinosaw_deploy.export.onnx_export import export_onnx, verification_inputs
 from dinosaw_deploy.export.verify import token_cosine
 from dinosaw_deploy.synthetic import synthetic_micrograph
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=8, help="calibration tiles (static)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = golden_like_weights(AlibiDv2(AlibiDv2Config())).eval()
+    model = golden_like_weights(ViT(ViTConfig())).eval()
     heads, grid = model.config.num_heads, args.tile // 14
     cases = list(verification_inputs(model, BiasConfig()))
     bias = np.array(attention_bias(grid, grid, heads))

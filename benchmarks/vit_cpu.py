@@ -20,12 +20,12 @@ import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from dinosaw_deploy.engine.bias import BiasConfig, attention_bias
-from dinosaw_deploy.export.model import AlibiDv2, AlibiDv2Config
+from dinosaw_deploy.export.model import ViT, ViTConfig
 from dinosaw_deploy.export.onnx_export import export_onnx
 from dinosaw_deploy.export.verify import token_cosine
 
 
-def golden_like_weights(model: AlibiDv2, seed: int = 0) -> AlibiDv2:
+def golden_like_weights(model: ViT, seed: int = 0) -> ViT:
     """The golden README's noise recipe: realistic-magnitude activations in every block."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -67,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    model = golden_like_weights(AlibiDv2(AlibiDv2Config())).eval()
+    model = golden_like_weights(ViT(ViTConfig())).eval()
     grid = args.tile // 14
     bias = np.array(attention_bias(grid, grid, 6))
     image = np.random.default_rng(0).normal(size=(1, 3, args.tile, args.tile)).astype(np.float32)

@@ -21,7 +21,8 @@ from .onnx_export import OPSET, export_onnx, verify_onnx
 from .quantize import QUANTIZATION, quantize_int8
 from . import tensorrt as plans
 
-DEFAULT_NAME = "alibi_dv2_vits14"
+DEFAULT_NAMES = {"alibi-dv2": "alibi_dv2_vits14", "dinov2": "dinov2_vits14", "nope": "nope_vits14",
+                 "locat": "locat_vits14"}
 
 
 @dataclass
@@ -39,6 +40,7 @@ def artifact_metadata(loaded: LoadedCheckpoint, name: str, precision: str) -> di
     config = loaded.model.config
     return {
         "model": name,
+        "family": config.family,
         "kind": "onnx",
         "precision": precision,
         "architecture": {**config.to_dict(), "num_prefix_tokens": config.num_prefix_tokens},
@@ -95,7 +97,8 @@ def run_export(
     checkpoint: str | os.PathLike | None = None,
     *,
     out_dir: str | os.PathLike = "engines",
-    name: str = DEFAULT_NAME,
+    name: str | None = None,
+    family: str | None = None,
     fp16: bool = False,
     int8: bool = False,
     config_path: str | os.PathLike | None = None,
@@ -105,14 +108,16 @@ def run_export(
     tensorrt: bool | None = False,
     plan_options: plans.PlanOptions = plans.PlanOptions(),
 ) -> ExportResult:
-    """Load ``checkpoint`` and write ``<out_dir>/<name>.onnx`` (and ``.fp16.onnx``, ``.int8.onnx``:
-    the fp32 graph dynamically quantised for CPUs), each verified against PyTorch and described by a
-    ``.json`` manifest. With ``tensorrt`` (``None``: when ``fp16`` and TensorRT is installed) also build
+    """Load ``checkpoint`` (of ``family``, or the one its tensors show) and write ``<out_dir>/<name>.onnx``
+    (default name by family; and ``.fp16.onnx``, ``.int8.onnx``: the fp32 graph dynamically quantised for
+    CPUs), each verified against PyTorch and described by a ``.json`` manifest. With ``tensorrt`` (``None``: when ``fp16`` and TensorRT is installed) also build
     a plan from the fp16 (else fp32) ONNX with ``plan_options``.
 
     Everything that can be refused is refused before anything is written: existing artifacts (replaced
     only with ``overwrite``; the checkpoint and config never), a missing TensorRT and tiles that the
     checkpoint's patch does not divide. The outputs are locked while written."""
+    loaded = load_checkpoint(checkpoint, config_path=config_path, overrides=overrides, family=family)
+    name = name or DEFAULT_NAMES[loaded.model.config.family]
     out = Path(out_dir)
     extra = [p for p, wanted in (("fp16", fp16), ("int8", int8)) if wanted]
     targets = [(out / f"{name}.onnx", "fp32")] + [(out / f"{name}.{p}.onnx", p) for p in extra]
@@ -130,8 +135,7 @@ def run_export(
     for path in onnx_outputs + plan_output:
         check_output(path, inputs, overwrite)
     with output_lock(onnx_outputs):  # build_plan takes the plan's own lock
-        result = _export_all(checkpoint, targets, name, config_path, overrides, echo,
-                             plan_options if build_plans else None)
+        result = _export_all(loaded, targets, name, echo, plan_options if build_plans else None)
     if build_plans:
         result.plan = plans.build_plan(plan_source, plan_options, overwrite=overwrite, echo=echo)
     elif fp16 and tensorrt is None:
@@ -140,12 +144,12 @@ def run_export(
     return result
 
 
-def _export_all(checkpoint, targets: list[tuple[Path, str]], name: str, config_path, overrides,
+def _export_all(loaded: LoadedCheckpoint, targets: list[tuple[Path, str]], name: str,
                 echo: Callable[[str], None], plan_options: plans.PlanOptions | None) -> ExportResult:
-    loaded = load_checkpoint(checkpoint, config_path=config_path, overrides=overrides)
     if plan_options is not None:  # the plan's tiles against this checkpoint's patch, before any ONNX is written
         plan_options.profile(artifact_metadata(loaded, name, "fp32"))
-    echo(f"loaded {loaded.source} ({loaded.model.config.depth} blocks, dim {loaded.model.config.embed_dim})")
+    config = loaded.model.config
+    echo(f"loaded {loaded.source} ({config.family}, {config.depth} blocks, dim {config.embed_dim})")
     result = ExportResult()
     for path, precision in targets:
         report = _export_verified(loaded, path, name, precision, targets[0][0])

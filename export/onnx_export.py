@@ -19,7 +19,7 @@ from dinosaw_deploy.engine.bias import BiasConfig, attention_bias
 from dinosaw_deploy.engine.contract import INPUT_NAMES, OUTPUT_NAME
 from dinosaw_deploy.engine.manifest import METADATA_KEY, manifest_json
 
-from .model import AlibiDv2, to_mixed_precision
+from .model import ViT, to_mixed_precision
 from .verify import compare, verify_outputs
 
 OPSET = 17
@@ -32,12 +32,12 @@ DYNAMIC_AXES = {
 VERIFY_GRIDS = ((6, 6), (4, 7))
 
 
-def _bias_tensor(h: int, w: int, model: AlibiDv2, bias: BiasConfig) -> torch.Tensor:
+def _bias_tensor(h: int, w: int, model: ViT, bias: BiasConfig) -> torch.Tensor:
     return torch.from_numpy(np.array(attention_bias(h, w, model.config.num_heads, bias)))
 
 
 def export_onnx(
-    model: AlibiDv2,
+    model: ViT,
     path: str | os.PathLike,
     bias: BiasConfig,
     metadata: dict[str, Any],
@@ -74,7 +74,7 @@ def export_onnx(
 
 
 def verification_inputs(
-    model: AlibiDv2, bias: BiasConfig, grids=VERIFY_GRIDS, seed: int = 0
+    model: ViT, bias: BiasConfig, grids=VERIFY_GRIDS, seed: int = 0
 ) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(name, pixel_values, attn_bias) triples: a random batch of 2 per grid plus a flat image."""
     rng = np.random.default_rng(seed)
@@ -90,7 +90,7 @@ def verification_inputs(
 
 
 def verify_onnx(
-    model: AlibiDv2, onnx_path: str | os.PathLike, bias: BiasConfig, *, precision: str = "fp32",
+    model: ViT, onnx_path: str | os.PathLike, bias: BiasConfig, *, precision: str = "fp32",
     artifact: str | None = None,
 ) -> dict[str, Any]:
     """Run the ONNX with ONNX Runtime (CPU) against fp32 PyTorch; raise if it disagrees

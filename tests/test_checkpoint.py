@@ -44,18 +44,20 @@ def test_prefixed_legacy_layout_loads(tmp_path, timm_state, prefix):
     assert len(loaded.sha256) == 64
 
 
-def test_nonzero_pos_embed_refused(timm_state):
-    state = dict(timm_state, pos_embed=torch.ones(1, 1369, 96))
-    with pytest.raises(DinosawError, match="non-zero pos_embed"):
-        normalize_state_dict(state)
+def test_nonzero_pos_embed_is_a_dinov2_and_refused_as_alibi(tmp_path, timm_state):
+    path = save(tmp_path, dict(timm_state, pos_embed=torch.ones(1, 1369, 96)))
+    with pytest.raises(DinosawError, match="non-zero pos_embed.*--family dinov2"):
+        load_checkpoint(path, config_path=CONFIG, family="alibi-dv2")
+    assert load_checkpoint(path, config_path=CONFIG).model.config.family == "dinov2"
+    assert normalize_state_dict(dict(timm_state, pos_embed=torch.zeros(1, 1369, 96)))[1] is None
 
 
 def test_missing_and_unexpected_keys_listed(tmp_path, timm_state):
     state = {k: v for k, v in timm_state.items() if k != "norm.bias"}
-    state["head.weight"] = torch.zeros(3)
+    state["blocks.0.attn.extra"] = torch.zeros(3)
     with pytest.raises(DinosawError) as err:
         load_checkpoint(save(tmp_path, state), config_path=CONFIG)
-    assert "missing keys: norm.bias" in str(err.value) and "unexpected keys: head.weight" in str(err.value)
+    assert "missing keys: norm.bias" in str(err.value) and "unexpected keys: blocks.0.attn.extra" in str(err.value)
 
 
 def test_architecture_from_shapes_and_options(tmp_path, timm_state):

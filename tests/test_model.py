@@ -6,7 +6,7 @@ torch = pytest.importorskip("torch")
 
 from dinosaw_deploy.engine.bias import attention_bias  # noqa: E402
 from dinosaw_deploy.export.checkpoint import load_checkpoint  # noqa: E402
-from dinosaw_deploy.export.model import AlibiDv2, AlibiDv2Config, count_parameters  # noqa: E402
+from dinosaw_deploy.export.model import ViT, ViTConfig, count_parameters  # noqa: E402
 
 from .conftest import golden_cases, golden_sets  # noqa: E402
 
@@ -42,7 +42,7 @@ def test_bias_matters(root):
 
 
 def test_full_vits14_constructs():
-    model = AlibiDv2(AlibiDv2Config())
+    model = ViT(ViTConfig())
     assert len(model.blocks) == 12 and model.config.num_prefix_tokens == 5
     assert 21_500_000 < count_parameters(model) < 22_500_000  # ViT-S/14 + 4 registers, no pos_embed
     x = torch.zeros(1, 3, 28, 42)
@@ -53,4 +53,4 @@ def test_full_vits14_constructs():
 
 def test_config_validation():
     with pytest.raises(ValueError):
-        AlibiDv2Config(embed_dim=100, num_heads=6)
+        ViTConfig(embed_dim=100, num_heads=6)

@@ -17,7 +17,7 @@ from dinosaw_deploy.engine.contract import IMAGENET_MEAN, IMAGENET_STD  # noqa: 
 from dinosaw_deploy.errors import DinosawError  # noqa: E402
 from dinosaw_deploy.export.build import run_export  # noqa: E402
 from dinosaw_deploy.export.checkpoint import load_checkpoint  # noqa: E402
-from dinosaw_deploy.export.model import AlibiDv2  # noqa: E402
+from dinosaw_deploy.export.model import ViT  # noqa: E402
 from dinosaw_deploy.export.train import load_teacher, student_from_teacher, train  # noqa: E402
 from dinosaw_deploy.export.train.data import ImageFolder, find_images, load_training_image  # noqa: E402
 from dinosaw_deploy.export.train.recipe import load_recipe, recipe_from_dict  # noqa: E402
@@ -78,7 +78,7 @@ def work(tmp_path_factory):
     return root
 
 
-def held_out_cosine(student: AlibiDv2, teacher, folder, size: int = 84) -> float:
+def held_out_cosine(student: ViT, teacher, folder, size: int = 84) -> float:
     data = ImageFolder(find_images(folder), size)
     pixels = torch.stack([data[i][1] for i in range(len(data))])
     grid = size // 14
@@ -148,7 +148,7 @@ def test_teacher_adds_positions_to_patches_only_and_student_drops_them():
     reference = load_checkpoint(TINY / "weights_timm.pth", overrides={"num_heads": HEADS}).model
     offset = torch.randn(96)
     teacher = _teacher_from({**state, "pos_embed": offset.expand(1, 37 * 37, 96).clone()})
-    shifted = AlibiDv2(reference.config)
+    shifted = ViT(reference.config)
     shifted.load_state_dict({**state, "patch_embed.proj.bias": state["patch_embed.proj.bias"] + offset})
     with torch.no_grad():  # a constant embedding, resized to any grid, is a patch-embedding bias
         torch.testing.assert_close(teacher.forward_tokens(pixels, None), shifted.forward_tokens(pixels, None))
@@ -170,7 +170,7 @@ def test_meta_dinov2_layout_matches_timm_layout():
 
 @pytest.mark.parametrize(
     "pos_embed, message",
-    [(None, "exactly one learned positional embedding"), (torch.zeros(1, 1369, 96), "all zeros"),
+    [(None, "no learned positional embedding"), (torch.zeros(1, 1369, 96), "no learned positional embedding"),
      (torch.ones(1, 1000, 96), "not a square patch grid")],
 )
 def test_refuses_what_is_not_a_dinov2_teacher(tmp_path, pos_embed, message):

@@ -1,8 +1,9 @@
-"""The 2D ALiBi attention bias: the one definition of positions in the project.
+"""The ``attn_bias`` input of every engine: the 2D ALiBi bias, or zeros for the families that know position
+another way (a learned embedding, LocAt's in-graph Gaussian, or not at all).
 
-Engines never compute distances: the host builds the bias for an (h, w) patch grid
-here and feeds it to the graph's ``attn_bias`` input. The export side imports this
-module for tracing and verification.
+Engines never compute ALiBi distances: the host builds the bias for an (h, w) patch grid here and
+feeds it to the graph's ``attn_bias`` input. The export side imports this module for tracing and
+verification.
 """
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ import numpy as np
 
 SlopeType = Literal["constant", "geometric"]
 Metric = Literal["euclidean", "manhattan"]
+BiasKind = Literal["alibi", "none"]
+BIAS_KINDS = ("alibi", "none")
 
 
 @dataclass(frozen=True)
 class BiasConfig:
     """How the ALiBi bias is built. Defaults are those of the released ALiBi-Dv2.
 
+    kind: ``alibi``, or ``none`` (zeros: the engine's family has no host-side bias).
     slopes: ``constant`` (m = 1 for every head, one (T, T) matrix broadcast over heads)
         or ``geometric`` (the paper's "fixed" ablation, m_i = 2^(-8 (i+1) / heads)).
     wrap: toroidal distance (``min(|d|, n - |d|)`` per axis).
@@ -33,8 +37,11 @@ class BiasConfig:
     metric: Metric = "euclidean"
     normalize: bool = True
     num_prefix_tokens: int = 5
+    kind: BiasKind = "alibi"
 
     def __post_init__(self) -> None:
+        if self.kind not in BIAS_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(BIAS_KINDS)}, not {self.kind!r}")
         if self.slopes not in ("constant", "geometric"):
             raise ValueError(f"slopes must be 'constant' or 'geometric', not {self.slopes!r}")
         if self.metric not in ("euclidean", "manhattan"):
@@ -91,6 +98,10 @@ def distance_matrix(
 
 @lru_cache(maxsize=32)
 def _cached_bias(h: int, w: int, num_heads: int, config: BiasConfig) -> np.ndarray:
+    if config.kind == "none":
+        bias = np.zeros((1, 1) + (config.num_prefix_tokens + h * w,) * 2, dtype=np.float32)
+        bias.flags.writeable = False
+        return bias
     dist = distance_matrix(
         h,
         w,
@@ -112,6 +123,6 @@ def attention_bias(h: int, w: int, num_heads: int = 6, config: BiasConfig | None
     """The ``attn_bias`` input for an (h, w) grid: float32 (1, 1 or num_heads, T, T), read-only.
 
     Constant slopes give one matrix broadcast over heads (1, 1, T, T); geometric slopes give
-    one per head. Results are cached per grid, so repeated tiles of one size cost nothing.
+    one per head; ``kind="none"`` gives zeros (1, 1, T, T). Results are cached per grid, so repeated tiles of one size cost nothing.
     """
     return _cached_bias(int(h), int(w), int(num_heads), config or BiasConfig())

@@ -8,8 +8,8 @@ The result loads with :func:`dinosaw_deploy.export.checkpoint.load_checkpoint` a
 """
 from .loop import TrainResult, train
 from .recipe import Recipe, Stage, load_recipe
-from .teacher import DinoV2Teacher, load_teacher, student_from_teacher
+from .teacher import load_teacher, student_from_teacher
 
 __all__ = [
-    "DinoV2Teacher", "Recipe", "Stage", "TrainResult", "load_recipe", "load_teacher", "student_from_teacher", "train",
+    "Recipe", "Stage", "TrainResult", "load_recipe", "load_teacher", "student_from_teacher", "train",
 ]

@@ -21,11 +21,11 @@ from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.files import atomic_path, check_output, file_sha256, output_lock
 
 from ..checkpoint import load_checkpoint, resolve_checkpoint
-from ..model import AlibiDv2
+from ..model import ViT
 from .data import ImageFolder, find_images
 from .recipe import Recipe, load_recipe
 from .targets import TargetCache, cosine_loss, distill_targets
-from .teacher import DinoV2Teacher, load_teacher, student_from_teacher
+from .teacher import load_teacher, student_from_teacher
 
 
 @dataclass
@@ -73,7 +73,7 @@ def autocast_for(device: torch.device) -> Callable[[], AbstractContextManager]:
     return nullcontext
 
 
-def save_weights(student: AlibiDv2, path: Path) -> None:
+def save_weights(student: ViT, path: Path) -> None:
     """The released (timm) layout: a plain float32 state dict that ``export`` loads unchanged."""
     with atomic_path(path) as tmp:
         torch.save({k: v.detach().float().cpu() for k, v in student.state_dict().items()}, tmp)
@@ -83,13 +83,14 @@ def _epoch_order(seed: int, stage: int, epoch: int, count: int) -> torch.Tensor:
     return torch.randperm(count, generator=torch.Generator().manual_seed(seed * 1_000_003 + stage * 1009 + epoch))
 
 
-def _make_student(teacher: DinoV2Teacher, init: str | os.PathLike | None) -> tuple[AlibiDv2, BiasConfig]:
+def _make_student(teacher: ViT, init: str | os.PathLike | None) -> tuple[ViT, BiasConfig]:
     config = teacher.config
     if init is None:
         return student_from_teacher(teacher), BiasConfig(num_prefix_tokens=config.num_prefix_tokens)
     loaded = load_checkpoint(init, overrides={"num_heads": config.num_heads})
     mine, theirs = loaded.model.config.to_dict(), config.to_dict()
-    differ = [k for k in theirs if k != "learned_slopes" and mine[k] != theirs[k]]
+    position = ("learned_slopes", "family", "pos_embed_grid")  # how each knows position: differs by design
+    differ = [k for k in theirs if k not in position and mine[k] != theirs[k]]
     if differ:
         raise DinosawError(
             "--init and --teacher have different architectures: "
@@ -101,7 +102,7 @@ def _make_student(teacher: DinoV2Teacher, init: str | os.PathLike | None) -> tup
 class _Run:
     """One invocation of :func:`train`: the models, data and bookkeeping shared by its stages."""
 
-    def __init__(self, recipe: Recipe, teacher: DinoV2Teacher, student: AlibiDv2, bias: BiasConfig,
+    def __init__(self, recipe: Recipe, teacher: ViT, student: ViT, bias: BiasConfig,
                  paths: list[Path], output: Path, fingerprint: dict[str, Any], device: torch.device,
                  targets_dir: Path | None, workers: int, max_steps: int | None, echo: Callable[[str], None]) -> None:
         self.recipe, self.teacher, self.student, self.bias = recipe, teacher, student, bias
@@ -274,7 +275,7 @@ def train(
         return TrainResult(output, run.position.step, run.last_loss, finished)
 
 
-def _restore(output: Path, student: AlibiDv2, fingerprint: dict[str, Any]) -> tuple[Position, dict]:
+def _restore(output: Path, student: ViT, fingerprint: dict[str, Any]) -> tuple[Position, dict]:
     path = state_path(output)
     if not path.is_file():
         raise DinosawError(f"nothing to resume: {path} not found")

@@ -14,11 +14,11 @@ from torch.utils.data import DataLoader
 
 from dinosaw_deploy.files import atomic_path, atomic_write_bytes
 
+from ..model import ViT
 from .data import ImageFolder
-from .teacher import DinoV2Teacher
 
 
-def distill_targets(teacher: DinoV2Teacher, pixel_values: torch.Tensor, zero_channels: Sequence[int]) -> torch.Tensor:
+def distill_targets(teacher: ViT, pixel_values: torch.Tensor, zero_channels: Sequence[int]) -> torch.Tensor:
     """Teacher features (B, C, h, w) in float32 with ``zero_channels`` set to exactly zero."""
     with torch.no_grad():
         target = teacher(pixel_values, None).float()
@@ -50,7 +50,7 @@ class TargetCache:
 
     def build(
         self,
-        teacher: DinoV2Teacher,
+        teacher: ViT,
         zero_channels: Sequence[int],
         *,
         batch_size: int,
