@@ -15,14 +15,20 @@ run that writes ``X``.
 from __future__ import annotations
 
 import hashlib
+import io
+import math
 import os
 import re
 import shutil
 import threading
+import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from dinosaw_deploy.errors import DinosawError
 
@@ -204,3 +210,40 @@ def fingerprint(path: str | os.PathLike) -> dict[str, Any]:
     real = resolved(path)
     stat = real.stat()
     return {"path": str(real), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def read_npz(raw: bytes, source: str, max_arrays: int, max_array_bytes: int) -> dict[str, np.ndarray]:
+    """The arrays of an untrusted ``.npz``: at most ``max_arrays`` plain-number arrays of at most ``max_array_bytes``
+    each, every header checked (dtype, shape, size) before its data is read; anything else is one error naming
+    ``source``."""
+    fmt = np.lib.format
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+            infos = archive.infolist()
+            if len(infos) > max_arrays:
+                raise DinosawError(f"{source}: {len(infos)} members, at most {max_arrays}")
+            for info in infos:
+                key = info.filename.removesuffix(".npy")
+                if info.filename == key or "/" in key or info.file_size > max_array_bytes + 4096:
+                    raise DinosawError(f"{source}: member {info.filename[:60]!r} is not a bounded .npy array")
+                with archive.open(info) as member:
+                    version = fmt.read_magic(member)
+                    if version not in ((1, 0), (2, 0)):
+                        raise DinosawError(f"{source}: {key}: unsupported .npy version {version}")
+                    reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                    shape, fortran, dtype = reader(member)
+                    if dtype.kind not in "fiub" or dtype.hasobject or dtype.fields is not None:
+                        raise DinosawError(f"{source}: {key}: dtype {dtype} is not a plain number type")
+                    count = math.prod(shape)
+                    if count * dtype.itemsize > max_array_bytes:
+                        raise DinosawError(f"{source}: {key} declares shape {shape} ({count * dtype.itemsize} bytes), "
+                                           f"more than {max_array_bytes}")
+                    body = member.read(count * dtype.itemsize + 1)
+                if len(body) != count * dtype.itemsize:
+                    raise DinosawError(f"{source}: {key}: {len(body)} data bytes for shape {shape} {dtype}")
+                array = np.frombuffer(bytearray(body), dtype=dtype, count=count)
+                arrays[key] = array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError) as exc:
+        raise DinosawError(f"{source}: unreadable ({type(exc).__name__}: {exc})") from None
+    return arrays

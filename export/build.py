@@ -16,10 +16,10 @@ from dinosaw_deploy.engine.manifest import sidecar_path, write_manifest
 from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.files import atomic_path, check_output, file_sha256, output_lock
 
+from . import tensorrt as plans
 from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .onnx_export import OPSET, export_onnx, verify_onnx
 from .quantize import QUANTIZATION, quantize_int8
-from . import tensorrt as plans
 
 DEFAULT_NAMES = {"alibi-dv2": "alibi_dv2_vits14", "dinov2": "dinov2_vits14", "nope": "nope_vits14",
                  "locat": "locat_vits14"}

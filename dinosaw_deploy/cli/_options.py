@@ -49,12 +49,27 @@ def training_options(command):
     return command
 
 
-def open_engine(engine: Path | None, no_vit: bool, backend: str, required: bool = False):
+def feature_options(command):
+    """``--bias-jitter SIGMA`` and ``--debias P.npz``: what the extractor does to an engine's features."""
+    command = click.option(
+        "--debias", type=click.Path(path_type=Path, dir_okay=False), default=None,
+        help="Project this positional subspace (from `dinosaw-deploy debias fit`) out of the ViT features; a "
+             "model trained with one keeps it.")(command)
+    return click.option(
+        "--bias-jitter", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+        help="Std of Gaussian noise on the ALiBi distances (one seeded draw per grid size; paper S4: clears "
+             "faint structure on flat images); a model trained with it keeps it.")(command)
+
+
+def open_engine(engine: Path | None, no_vit: bool, backend: str, required: bool = False, *,
+                bias_jitter: float = 0.0, debias: Path | None = None):
     """The FeatureExtractor for segment/fit/apply, or None for classical features only (with a notice when
     the default engine is missing and not ``required``)."""
     from dinosaw_deploy.engine.extractor import FeatureExtractor
 
     if no_vit:
+        if bias_jitter or debias:
+            raise DinosawError("--bias-jitter and --debias change ViT features: they need an engine, not --no-vit")
         return None
     if engine is None:
         if not DEFAULT_ENGINE.is_file():
@@ -64,7 +79,7 @@ def open_engine(engine: Path | None, no_vit: bool, backend: str, required: bool 
                        "run `dinosaw-deploy export` (or pass --engine X.onnx); --no-vit silences this.")
             return None
         engine = DEFAULT_ENGINE
-    return FeatureExtractor(engine, backend=backend)
+    return FeatureExtractor(engine, backend=backend, bias_jitter=bias_jitter, debias=debias)
 
 
 def cluster_options(command):

@@ -11,6 +11,7 @@ from dinosaw_deploy.cli._options import (
     backend_option,
     cluster_executor,
     cluster_options,
+    feature_options,
     max_pixels_option,
 )
 from dinosaw_deploy.cli._progress import TileProgress
@@ -42,12 +43,13 @@ from dinosaw_deploy.cli._progress import TileProgress
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @backend_option
+@feature_options
 @cluster_options
 @max_pixels_option
 def features_command(image: Path, output: Path, engine: Path, intensity_range, intensity_percentiles, page, level,
                      crop_databar, tile, overlap, batch, dtype, merge, no_preview, as_json, overwrite,
-                     backend: str, cluster: str | None, block: int | None, connect_timeout: float,
-                     max_pixels: int) -> None:
+                     backend: str, bias_jitter: float, debias: Path | None, cluster: str | None,
+                     block: int | None, connect_timeout: float, max_pixels: int) -> None:
     """Patch features of IMAGE: (C, H // 14, W // 14) as a chunked zarr store (.zarr) or a float32 .npy.
 
     A .zarr run streams the image tile by tile in bounded memory, shows progress, resumes where an
@@ -57,7 +59,8 @@ def features_command(image: Path, output: Path, engine: Path, intensity_range, i
     from dinosaw_deploy.tiling.run import TILED_DEFAULTS, extract_features
 
     engine = engine or DEFAULT_ENGINE
-    extractor = FeatureExtractor(engine, batch_size=batch or TILED_DEFAULTS["batch"], backend=backend)
+    extractor = FeatureExtractor(engine, batch_size=batch or TILED_DEFAULTS["batch"], backend=backend,
+                                 bias_jitter=bias_jitter, debias=debias)
     tiled = {"tile": tile, "overlap": overlap, "batch": batch, "dtype": dtype, "merge": merge}
     with (TileProgress(quiet=as_json) as progress,
           cluster_executor(cluster, block, None, backend, connect_timeout) as executor):

@@ -5,7 +5,13 @@ from pathlib import Path
 
 import click
 
-from dinosaw_deploy.cli._options import backend_option, max_pixels_option, open_engine, training_options
+from dinosaw_deploy.cli._options import (
+    backend_option,
+    feature_options,
+    max_pixels_option,
+    open_engine,
+    training_options,
+)
 from dinosaw_deploy.cli._progress import TileProgress
 from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.image.reader import require_file
@@ -22,10 +28,11 @@ from dinosaw_deploy.image.reader import require_file
 @training_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing model.")
 @backend_option
+@feature_options
 @max_pixels_option
 def fit_command(pairs: tuple[tuple[Path, Path], ...], output: Path, engine: Path | None, no_vit: bool, contrast: str,
                 normalize: str, rounds: int, max_depth: int, device: str, threads: int | None, overwrite: bool, backend: str,
-                max_pixels: int) -> None:
+                bias_jitter: float, debias: Path | None, max_pixels: int) -> None:
     """Train one model on the scribbles of one or more images; apply it with `dinosaw-deploy apply`."""
     from dinosaw_deploy.segment.classifier import ClassifierParams
     from dinosaw_deploy.segment.run import fit_scans
@@ -35,6 +42,7 @@ def fit_command(pairs: tuple[tuple[Path, Path], ...], output: Path, engine: Path
     for path in (p for pair in pairs for p in pair):  # before the engine, whose notice would bury this error
         require_file(path, "input")
     with TileProgress() as progress:
-        fit_scans(pairs, output, extractor=open_engine(engine, no_vit, backend), contrast=contrast, normalize=normalize,
+        fit_scans(pairs, output, extractor=open_engine(engine, no_vit, backend, bias_jitter=bias_jitter, debias=debias),
+                  contrast=contrast, normalize=normalize,
                   classifier=ClassifierParams(rounds=rounds, max_depth=max_depth), device=device, threads=threads,
                   overwrite=overwrite, echo=click.echo, progress=progress, max_pixels=max_pixels)

@@ -9,6 +9,7 @@ import warnings
 import click
 
 from dinosaw_deploy._version import __version__
+from dinosaw_deploy.cli.debias import debias_group
 from dinosaw_deploy.cli.export import export_command, info_command
 from dinosaw_deploy.cli.features import features_command
 from dinosaw_deploy.cli.fit import fit_command
@@ -109,7 +110,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 for command in (export_command, info_command, features_command, segment_command, fit_command, apply_command,
-                probe_command, train_command):
+                probe_command, train_command, debias_group):
     main.add_command(command)
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from dinosaw_deploy.cli._options import DEFAULT_ENGINE, backend_option
+from dinosaw_deploy.cli._options import DEFAULT_ENGINE, backend_option, feature_options
+from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.probe.run import MAX_SAMPLE, ROLL_TOLERANCE
 
 
@@ -34,10 +35,18 @@ from dinosaw_deploy.probe.run import MAX_SAMPLE, ROLL_TOLERANCE
 @click.option("--intensity-range", nargs=2, type=float, default=None, metavar="LO HI",
               help="Map [LO, HI] to [0, 1] for IMAGE inputs instead of the per-dtype default.")
 @click.option("--no-figure", is_flag=True, help="Write only the JSON report.")
+@click.option("--compare", is_flag=True,
+              help="INPUTS are ENGINE... IMAGE...: engines (.onnx/.plan; ENGINE+SUBSPACE.npz: with --debias) side by "
+                   "side on the same images in one table and one figure.")
+@click.option("--labels", type=click.Path(path_type=Path), default=None,
+              help="--compare: scribbles of the first image; each engine's features train a model on them and its "
+                   "labels are drawn side by side.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @backend_option
+@feature_options
 def probe_command(inputs, output, engine, tiles, roll, shifts, roll_tolerance, repeats, seed, top,
-                  max_sample, intensity_range, no_figure, overwrite, backend) -> None:
+                  max_sample, intensity_range, no_figure, compare, labels, overwrite, backend, bias_jitter,
+                  debias) -> None:
     """Positional-bias probe (paper Sec. 3.1) of IMAGE... (features from --engine) or FEATURES.npy|.zarr.
 
     Fits StandardScaler + Ridge(alpha=1) from features to x/y ramps on (h*w)//36 random tokens,
@@ -47,11 +56,37 @@ def probe_command(inputs, output, engine, tiles, roll, shifts, roll_tolerance, r
     from dinosaw_deploy.engine.extractor import FeatureExtractor
     from dinosaw_deploy.probe.run import FEATURE_SUFFIXES, run_probe
 
+    intensity_range = tuple(intensity_range) if intensity_range else None
+    if compare:
+        _compare(inputs, output, engine, tiles, roll, labels, repeats, seed, top, no_figure, overwrite, backend,
+                 bias_jitter, debias, intensity_range)
+        return
+    if labels is not None:
+        raise DinosawError("--labels belongs to --compare")
     needs_engine = roll or any(Path(p).suffix.lower() not in FEATURE_SUFFIXES for p in inputs)
     extractor = None
     if needs_engine:
-        extractor = FeatureExtractor(engine or DEFAULT_ENGINE, backend=backend,
-                                     intensity_range=tuple(intensity_range) if intensity_range else None)
+        extractor = FeatureExtractor(engine or DEFAULT_ENGINE, backend=backend, intensity_range=intensity_range,
+                                     bias_jitter=bias_jitter, debias=debias)
     run_probe(inputs, output, extractor=extractor, tiles=tiles, roll=roll, shifts=shifts,
               roll_tolerance=roll_tolerance, repeats=repeats, seed=seed, top=top, max_sample=max_sample,
               figure=not no_figure, overwrite=overwrite, echo=click.echo)
+
+
+def _compare(inputs, output, engine, tiles, roll, labels, repeats, seed, top, no_figure, overwrite, backend,
+             bias_jitter, debias, intensity_range) -> None:
+    from dinosaw_deploy.engine.extractor import FeatureExtractor
+    from dinosaw_deploy.probe.compare import run_compare
+
+    if engine is not None or tiles or roll or debias is not None or bias_jitter:
+        raise DinosawError("--compare takes the engines among its INPUTS (ENGINE[+SUBSPACE.npz]... IMAGE...): "
+                           "drop --engine/--tiles/--roll/--debias/--bias-jitter")
+    specs = [str(p) for p in inputs if Path(str(p).split("+")[0]).suffix.lower() in (".onnx", ".plan")]
+    images = [Path(p) for p in inputs if str(p) not in specs]
+    extractors = []
+    for spec in specs:
+        path, _, subspace = spec.partition("+")
+        extractors.append(FeatureExtractor(path, backend=backend, intensity_range=intensity_range,
+                                           debias=subspace or None))
+    run_compare(extractors, images, output, labels=labels, repeats=repeats, seed=seed, top=top,
+                figure=not no_figure, overwrite=overwrite, echo=click.echo)

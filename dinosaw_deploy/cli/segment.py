@@ -10,6 +10,7 @@ from dinosaw_deploy.cli._options import (
     backend_option,
     cluster_executor,
     cluster_options,
+    feature_options,
     max_pixels_option,
     open_engine,
     training_options,
@@ -37,13 +38,14 @@ from dinosaw_deploy.image.reader import require_file
 @click.option("--ground-truth", type=click.Path(path_type=Path), default=None,
               help="Dense label file (the scribbles' conventions): print mIoU and per-class IoU.")
 @backend_option
+@feature_options
 @cluster_options
 @max_pixels_option
 def segment_command(image: Path, labels_path: Path, output: Path, engine: Path | None, no_vit: bool,
                     save_model: Path | None, probabilities: bool, modal: int, crf: bool, contrast: str, normalize: str,
                     rounds: int,
                     max_depth: int, device: str, threads: int | None, overwrite: bool, ground_truth: Path | None,
-                    backend: str, cluster: str | None, block: int | None,
+                    backend: str, bias_jitter: float, debias: Path | None, cluster: str | None, block: int | None,
                     connect_timeout: float, max_pixels: int) -> None:
     """Train on the scribbled pixels of IMAGE and segment all of it into a pyramidal OME-TIFF."""
     from dinosaw_deploy.segment.classifier import ClassifierParams
@@ -54,7 +56,8 @@ def segment_command(image: Path, labels_path: Path, output: Path, engine: Path |
     for path in (image, labels_path, *([ground_truth] if ground_truth else [])):  # before the engine's notice
         require_file(path, "input")
     with TileProgress() as progress, cluster_executor(cluster, block, threads, backend, connect_timeout) as executor:
-        segment_scan(image, labels_path, output, extractor=open_engine(engine, no_vit, backend), save_model=save_model,
+        segment_scan(image, labels_path, output, extractor=open_engine(engine, no_vit, backend, bias_jitter=bias_jitter,
+                                                                  debias=debias), save_model=save_model,
                      probabilities=probabilities, modal=modal, crf=crf, contrast=contrast, normalize=normalize,
                      classifier=ClassifierParams(rounds=rounds, max_depth=max_depth), device=device,
                      threads=threads, overwrite=overwrite, ground_truth=ground_truth, echo=click.echo,
@@ -78,12 +81,13 @@ def segment_command(image: Path, labels_path: Path, output: Path, engine: Path |
 @click.option("--ground-truth", "ground_truths", multiple=True, type=click.Path(path_type=Path),
               help="Dense label file per image, in the images' order: print mIoU and per-class IoU.")
 @backend_option
+@feature_options
 @cluster_options
 @max_pixels_option
 def apply_command(images: tuple[Path, ...], model_path: Path, output: Path, engine: Path | None, probabilities: bool,
                   modal: int, crf: bool, threads: int | None, overwrite: bool, ground_truths: tuple[Path, ...],
-                  backend: str, cluster: str | None, block: int | None, connect_timeout: float,
-                  max_pixels: int) -> None:
+                  backend: str, bias_jitter: float, debias: Path | None, cluster: str | None, block: int | None,
+                  connect_timeout: float, max_pixels: int) -> None:
     """Segment one or more IMAGES with a model saved by `fit` or `segment --save-model`."""
     from dinosaw_deploy.segment.bundle import load_bundle
     from dinosaw_deploy.segment.run import apply_scans
@@ -93,6 +97,7 @@ def apply_command(images: tuple[Path, ...], model_path: Path, output: Path, engi
     uses_vit = load_bundle(model_path).config.get("vit") is not None
     with TileProgress() as progress, cluster_executor(cluster, block, threads, backend, connect_timeout) as executor:
         apply_scans(images, model_path, output, ground_truths=ground_truths, overwrite=overwrite, echo=click.echo,
-                    extractor=open_engine(engine, not uses_vit, backend, required=True), probabilities=probabilities,
+                    extractor=open_engine(engine, not uses_vit, backend, required=True, bias_jitter=bias_jitter,
+                                          debias=debias), probabilities=probabilities,
                     modal=modal, crf=crf, threads=threads, progress=progress, executor=executor,
                     max_pixels=max_pixels)

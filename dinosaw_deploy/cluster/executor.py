@@ -117,7 +117,9 @@ class DaskTiles:
                          engine_stamp=(stamp["bytes"], stamp["mtime_ns"]), backend=self.backend,
                          engine_batch=extractor.batch_size, threads=self.threads,
                          grid=grid.to_dict(), intensity_range=tuple(intensity_range), batch=batch,
-                         array=str(sink.partial.resolve() / ARRAY), markers=str(markers))
+                         array=str(sink.partial.resolve() / ARRAY), markers=str(markers),
+                         bias_jitter=extractor.bias_jitter, jitter_seed=extractor.jitter_seed,
+                         debias=None if extractor.debias is None else extractor.debias.to_bytes())
         stats = run_blocks(self.client, feature_block, job, [(n, b) for n, b in boxes.items() if n in todo],
                            stage="features", progress=progress)
         sink.mark_written()

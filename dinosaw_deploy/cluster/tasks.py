@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from dinosaw_deploy.cluster.blocks import block_batches, block_name, extent
+from dinosaw_deploy.engine.debias import PositionalSubspace
 from dinosaw_deploy.engine.extractor import FeatureExtractor
 from dinosaw_deploy.image.reader import open_image
 from dinosaw_deploy.segment.contrast import Clahe
@@ -61,6 +62,9 @@ class FeatureJob:
     batch: int
     array: str  # the store's features array
     markers: str
+    bias_jitter: float = 0.0
+    jitter_seed: int = 0
+    debias: bytes | None = None  # a PositionalSubspace's bytes
 
 
 @dataclass(frozen=True)
@@ -89,9 +93,13 @@ def _cached(key: tuple, make):
 
 
 def _engine(job: FeatureJob) -> FeatureExtractor:
-    key = ("engine", job.engine, job.engine_stamp, job.backend, job.engine_batch, job.threads)
-    return _cached(key, lambda: FeatureExtractor(job.engine, backend=job.backend, batch_size=job.engine_batch,
-                                                 threads=job.threads))
+    debias = None if job.debias is None else hashlib.sha256(job.debias).hexdigest()
+    key = ("engine", job.engine, job.engine_stamp, job.backend, job.engine_batch, job.threads, job.bias_jitter,
+           job.jitter_seed, debias)
+    return _cached(key, lambda: FeatureExtractor(
+        job.engine, backend=job.backend, batch_size=job.engine_batch, threads=job.threads,
+        bias_jitter=job.bias_jitter, jitter_seed=job.jitter_seed,
+        debias=None if job.debias is None else PositionalSubspace.from_bytes(job.debias)))
 
 
 def _segmenter(job: PredictJob) -> Segmenter:

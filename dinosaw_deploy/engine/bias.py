@@ -126,3 +126,26 @@ def attention_bias(h: int, w: int, num_heads: int = 6, config: BiasConfig | None
     one per head; ``kind="none"`` gives zeros (1, 1, T, T). Results are cached per grid, so repeated tiles of one size cost nothing.
     """
     return _cached_bias(int(h), int(w), int(num_heads), config or BiasConfig())
+
+
+@lru_cache(maxsize=32)
+def jittered_bias(h: int, w: int, num_heads: int, config: BiasConfig, sigma: float, seed: int) -> np.ndarray:
+    """:func:`attention_bias` with N(0, ``sigma``) noise on the normalised distances between patches (symmetric,
+    prefix rows and columns kept zero), read-only.
+
+    The paper (S4) jitters the distance matrix in every layer; the engine contract takes one bias for all blocks,
+    so this is a single draw shared by the layers: one per grid size and seed, the same for every tile, so tiled
+    and cached features stay exact and runs repeatable.
+    """
+    t = h * w
+    noise = np.random.default_rng((int(seed), int(h), int(w))).standard_normal((t, t)) * float(sigma)
+    noise = (noise + noise.T) / np.sqrt(2.0)  # symmetric, still N(0, sigma) per entry off the diagonal
+    p = config.num_prefix_tokens
+    jitter = np.zeros((p + t,) * 2)
+    jitter[p:, p:] = noise
+    slopes = head_slopes(num_heads, config.slopes)
+    base = attention_bias(h, w, num_heads, config).astype(np.float64)
+    bias = base + (jitter[None, None] if config.slopes == "constant" else slopes[None, :, None, None] * jitter)
+    bias = np.ascontiguousarray(bias, dtype=np.float32)
+    bias.flags.writeable = False
+    return bias

@@ -1,4 +1,4 @@
-"""FeatureExtractor: load an exported ALiBi-Dv2 once, call it per image (no torch)."""
+"""FeatureExtractor: load an exported engine (any family) once, call it per image (no torch)."""
 from __future__ import annotations
 
 import os
@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from dinosaw_deploy.engine.backends import Backend, open_backend
-from dinosaw_deploy.engine.bias import BiasConfig, attention_bias
+from dinosaw_deploy.engine.bias import BiasConfig, attention_bias, jittered_bias
 from dinosaw_deploy.engine.contract import INPUT_NAMES, MAX_WHOLE_IMAGE_TOKENS, OUTPUT_NAME
+from dinosaw_deploy.engine.debias import PositionalSubspace
 from dinosaw_deploy.engine.manifest_schema import check_engine_manifest
 from dinosaw_deploy.engine.preprocess import preprocess
 from dinosaw_deploy.errors import DinosawError
@@ -38,6 +39,12 @@ class FeatureExtractor:
             :class:`~dinosaw_deploy.engine.backends.Backend` (e.g. ``TensorRTBackend(plan, cuda_graphs=True)``).
         max_tokens: most patches one image may have in one pass (default
             :data:`~dinosaw_deploy.engine.contract.MAX_WHOLE_IMAGE_TOKENS`); larger images: use the tiled path.
+        bias_jitter: standard deviation of Gaussian noise added to the ALiBi distance matrix (paper S4: removes
+            faint structure on flat inputs); one seeded draw per grid size (see
+            :func:`~dinosaw_deploy.engine.bias.jittered_bias`), so tiles stay exact and repeatable.
+        jitter_seed: the seed of those draws.
+        debias: a :class:`~dinosaw_deploy.engine.debias.PositionalSubspace` (or its ``.npz``) projected out of
+            every feature vector.
     """
 
     def __init__(
@@ -50,6 +57,9 @@ class FeatureExtractor:
         threads: int | None = None,
         backend: str | Backend = "auto",
         max_tokens: int = MAX_WHOLE_IMAGE_TOKENS,
+        bias_jitter: float = 0.0,
+        jitter_seed: int = 0,
+        debias: PositionalSubspace | str | os.PathLike | None = None,
     ) -> None:
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
@@ -76,6 +86,34 @@ class FeatureExtractor:
         pre = self.manifest["preprocessing"]
         self.mean = tuple(pre["mean"])
         self.std = tuple(pre["std"])
+        if not (np.isfinite(bias_jitter) and 0 <= bias_jitter <= 1):
+            raise DinosawError(f"bias_jitter must be in [0, 1] (the distances are normalised to [0, 1]), got {bias_jitter}")
+        if bias_jitter and self.bias_config.kind != "alibi":
+            raise DinosawError(f"{self.model_path.name}: bias jitter perturbs ALiBi distances, and this engine's "
+                               f"family ({self.manifest.get('family', 'alibi-dv2')}) has none")
+        self.bias_jitter = float(bias_jitter)
+        self.jitter_seed = int(jitter_seed)
+        if debias is not None and not isinstance(debias, PositionalSubspace):
+            debias = PositionalSubspace.load(debias)
+        if debias is not None and debias.channels != self.embed_dim:
+            raise DinosawError(f"the positional subspace is for {debias.channels}-channel features; "
+                               f"{self.model_path.name} gives {self.embed_dim}")
+        self.debias = debias
+
+    @property
+    def feature_settings(self) -> dict:
+        """What this extractor does to the engine's features beyond the engine itself (recorded by models)."""
+        return {"bias_jitter": self.bias_jitter, "jitter_seed": self.jitter_seed,
+                "debias": None if self.debias is None else {"sha256": self.debias.sha256, "rank": self.debias.rank}}
+
+    def configured(self, *, bias_jitter: float | None = None, jitter_seed: int | None = None,
+                   debias: PositionalSubspace | None | str = "keep") -> FeatureExtractor:
+        """A new extractor on the same opened backend with other feature settings (``debias="keep"``: this one's)."""
+        return FeatureExtractor(
+            self.model_path, batch_size=self.batch_size, intensity_range=self.intensity_range, backend=self.backend,
+            max_tokens=self.max_tokens, bias_jitter=self.bias_jitter if bias_jitter is None else bias_jitter,
+            jitter_seed=self.jitter_seed if jitter_seed is None else jitter_seed,
+            debias=self.debias if isinstance(debias, str) and debias == "keep" else debias)
 
     @property
     def providers(self) -> list[str]:
@@ -87,7 +125,9 @@ class FeatureExtractor:
         return self.model_path if self.backend.name == "tensorrt" else None
 
     def bias(self, h: int, w: int) -> np.ndarray:
-        """The cached ``attn_bias`` input for an (h, w) patch grid."""
+        """The cached ``attn_bias`` input for an (h, w) patch grid (jittered if asked)."""
+        if self.bias_jitter:
+            return jittered_bias(h, w, self.num_heads, self.bias_config, self.bias_jitter, self.jitter_seed)
         return attention_bias(h, w, self.num_heads, self.bias_config)
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
@@ -125,7 +165,7 @@ class FeatureExtractor:
             chunk = pixel_values[start : start + self.batch_size]
             with self._lock:
                 out[start : start + len(chunk)] = self.backend.run(chunk, bias)
-        return out
+        return out if self.debias is None else self.debias.apply(out)
 
     def _check_tokens(self, h: int, w: int) -> None:
         if h * w > self.max_tokens:

@@ -117,3 +117,50 @@ def write_figure(
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return path
+
+
+def write_compare_figure(path: str | os.PathLike, rows: list[tuple[dict[str, Any], np.ndarray, np.ndarray | None]],
+                         name: str) -> Path:
+    """PNG, one row per engine: one-channel R² of every channel (top ones in red, the all-channel R² in the
+    title), the 3-component feature PCA of the first image (``name``) as RGB, and the labels predicted for it
+    from its scribbles, when given."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dinosaw_deploy.tiling.preview import render_preview
+    from dinosaw_deploy.tiling.store import ArrayGrid
+
+    with_labels = any(labels is not None for _, _, labels in rows)
+    ncols = 4 if with_labels else 3
+    fig = plt.figure(figsize=(3.6 * ncols, 3.2 * len(rows)), layout="constrained")
+    grid = fig.add_gridspec(len(rows), ncols)
+    for i, (row, features, labels) in enumerate(rows):
+        channel_r2 = np.asarray(row["channels"]["r2_xy"])
+        top = [t["channel"] for t in row["channels"]["top"]][:FIGURE_CHANNELS]
+        bars = fig.add_subplot(grid[i, :2])
+        colors = np.full(len(channel_r2), "tab:blue", dtype=object)
+        colors[top] = "tab:red"
+        bars.bar(np.arange(len(channel_r2)), channel_r2, width=1.0, color=list(colors))
+        bars.axhline(0, color="k", lw=0.5)
+        bars.set_xlim(-0.5, len(channel_r2) - 0.5)
+        bars.set_ylim(min(-0.1, float(channel_r2.min())), 1.0)
+        bars.set_ylabel("one-channel R² (x, y)")
+        xy = row["r2_xy"]
+        bars.set_title(f"{row['engine']}: R²(x, y) = {xy['mean']:.3f} ± {xy['std']:.3f}", fontsize=9)
+        pca = fig.add_subplot(grid[i, 2])
+        pca.imshow(render_preview(ArrayGrid(features)), interpolation="nearest")
+        pca.set_title(f"{name}: feature PCA", fontsize=9)
+        pca.set_axis_off()
+        if labels is not None:
+            ax = fig.add_subplot(grid[i, 3])
+            ax.imshow(labels, cmap="tab10", vmin=1, vmax=10, interpolation="nearest")
+            ax.set_title(f"{name}: labels from its scribbles", fontsize=9)
+            ax.set_axis_off()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return path

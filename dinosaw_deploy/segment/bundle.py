@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import os
 import zipfile
 import zlib
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from dinosaw_deploy.errors import DinosawError
-from dinosaw_deploy.files import atomic_path
+from dinosaw_deploy.files import atomic_path, read_npz
 
 FORMAT = "dinosaw-deploy/segmenter"
 FORMAT_VERSION = 1
@@ -134,43 +133,8 @@ def read_bundle(source: str | os.PathLike | bytes, name: str = "model bundle") -
     for member in (CONFIG, ARRAYS, CLASSIFIER):
         if hashes.get(member) != _sha256(data[member]):
             raise DinosawError(f"{path}: {member} does not match its recorded sha256 (tampered or corrupt bundle)")
-    arrays = _read_npz(data[ARRAYS], f"{path}: {ARRAYS}")
+    arrays = read_npz(data[ARRAYS], f"{path}: {ARRAYS}", MAX_ARRAYS, MAX_ARRAY_BYTES)
     return Bundle(config=_json(data[CONFIG], path, CONFIG), arrays=arrays, classifier=data[CLASSIFIER])
-
-
-def _read_npz(raw: bytes, source: str) -> dict[str, np.ndarray]:
-    """The arrays of an ``.npz``, each header checked (dtype, shape, size) before its data is read."""
-    fmt = np.lib.format
-    arrays: dict[str, np.ndarray] = {}
-    try:
-        with zipfile.ZipFile(io.BytesIO(raw)) as archive:
-            infos = archive.infolist()
-            if len(infos) > MAX_ARRAYS:
-                raise DinosawError(f"{source}: {len(infos)} members, at most {MAX_ARRAYS}")
-            for info in infos:
-                key = info.filename.removesuffix(".npy")
-                if info.filename == key or "/" in key or info.file_size > MAX_ARRAY_BYTES + 4096:
-                    raise DinosawError(f"{source}: member {info.filename[:60]!r} is not a bounded .npy array")
-                with archive.open(info) as member:
-                    version = fmt.read_magic(member)
-                    if version not in ((1, 0), (2, 0)):
-                        raise DinosawError(f"{source}: {key}: unsupported .npy version {version}")
-                    reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-                    shape, fortran, dtype = reader(member)
-                    if dtype.kind not in "fiub" or dtype.hasobject or dtype.fields is not None:
-                        raise DinosawError(f"{source}: {key}: dtype {dtype} is not a plain number type")
-                    count = math.prod(shape)
-                    if count * dtype.itemsize > MAX_ARRAY_BYTES:
-                        raise DinosawError(f"{source}: {key} declares shape {shape} ({count * dtype.itemsize} bytes), "
-                                           f"more than {MAX_ARRAY_BYTES}")
-                    body = member.read(count * dtype.itemsize + 1)
-                if len(body) != count * dtype.itemsize:
-                    raise DinosawError(f"{source}: {key}: {len(body)} data bytes for shape {shape} {dtype}")
-                array = np.frombuffer(bytearray(body), dtype=dtype, count=count)
-                arrays[key] = array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError) as exc:
-        raise DinosawError(f"{source}: unreadable ({type(exc).__name__}: {exc})") from None
-    return arrays
 
 
 def _json(raw: bytes, path: str, member: str) -> dict[str, Any]:

@@ -135,7 +135,15 @@ def _check_config(config: dict[str, Any]) -> None:
         raise _Bad(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {_show(config['normalize'])}")
     vit = config["vit"]
     if vit is not None:
-        _dict(vit, "vit", {"model", "identity", "patch_size", "n_components"})
+        _dict(vit, "vit", {"model", "identity", "patch_size", "n_components"}, {"bias_jitter", "jitter_seed", "debias"})
+        jitter = vit.get("bias_jitter", 0.0)
+        if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter <= 1:
+            raise _Bad(f"vit.bias_jitter must be a number in [0, 1], got {_show(jitter)}")
+        _int(vit.get("jitter_seed", 0), "vit.jitter_seed", 0, 2**63 - 1)
+        debias = vit.get("debias")
+        if debias is not None:
+            _dict(debias, "vit.debias", {"sha256", "rank"})
+            _int(debias["rank"], "vit.debias.rank", 0, MAX_EMBED_DIM)
         _str(vit["model"], "vit.model", nullable=True)
         identity = vit["identity"]
         if not isinstance(identity, str) or len(identity) != 64 or any(c not in "0123456789abcdef" for c in identity):
@@ -163,6 +171,8 @@ def check_arrays(arrays: dict[str, np.ndarray], config: dict[str, Any], source: 
     """The ViT arrays must exist exactly for a ViT model, with consistent shapes and finite values."""
     vit = config["vit"]
     expected = {"vit_mean", "vit_scale", "vit_components", "vit_lo", "vit_hi"} if vit else set()
+    if vit and vit.get("debias") is not None:
+        expected |= {"debias_mean", "debias_basis"}  # the subspace itself is checked by PositionalSubspace
     if set(arrays) != expected:
         raise DinosawError(f"{source}: arrays.npz holds {sorted(arrays)}, expected {sorted(expected)}")
     if not vit:
@@ -173,6 +183,8 @@ def check_arrays(arrays: dict[str, np.ndarray], config: dict[str, Any], source: 
         raise DinosawError(f"{source}: arrays.npz vit_components has shape {components.shape}, expected "
                            f"({k}, embed_dim <= {MAX_EMBED_DIM})")
     shapes = {"vit_mean": (components.shape[1],), "vit_scale": (components.shape[1],), "vit_lo": (k,), "vit_hi": (k,)}
+    if "debias_mean" in arrays:
+        shapes["debias_mean"] = (components.shape[1],)
     for key, shape in shapes.items():
         if arrays[key].shape != shape:
             raise DinosawError(f"{source}: arrays.npz {key} has shape {arrays[key].shape}, expected {shape}")

@@ -439,7 +439,8 @@ def segment_scan(
     fresh = new_segmenter(extractor, contrast, classifier, threads, device, normalize)  # checked before any work
     inputs = [image, labels] + ([Path(extractor.model_path)] if extractor is not None else [])
     inputs += [ground_truth] if ground_truth is not None else []
-    options = {"name": "segment", "vit": extractor is not None, "rounds": fresh.classifier.rounds,
+    options = {"name": "segment", "vit": extractor is not None,
+               "feature_settings": getattr(extractor, "feature_settings", None), "rounds": fresh.classifier.rounds,
                "max_depth": fresh.classifier.max_depth, "contrast": contrast, "normalize": normalize,
                "modal": modal, "crf": crf,
                "probabilities": probabilities}
@@ -543,7 +544,9 @@ def fit_scans(
         if not path.is_file():
             raise DinosawError(f"not found: {path}")
     check_output(output, inputs, overwrite)
-    run = {"command": {"name": "fit", "vit": extractor is not None, "contrast": contrast, "normalize": normalize},
+    run = {"command": {"name": "fit", "vit": extractor is not None,
+                       "feature_settings": getattr(extractor, "feature_settings", None),
+                       "contrast": contrast, "normalize": normalize},
            "inputs": [fingerprint(p) for p in inputs]}
     with ExitStack() as stack:
         stack.enter_context(output_lock([output]))

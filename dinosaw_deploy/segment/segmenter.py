@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from dinosaw_deploy._version import __version__
+from dinosaw_deploy.engine.debias import PositionalSubspace
 from dinosaw_deploy.engine.extractor import FeatureExtractor
 from dinosaw_deploy.engine.manifest import engine_identity
 from dinosaw_deploy.errors import DinosawError
@@ -51,6 +52,37 @@ from dinosaw_deploy.tiling.parallel import map_ordered
 from dinosaw_deploy.tiling.store import PatchGrid
 
 DEFAULT_TILE = 512
+
+
+def _feature_settings(vit: dict[str, Any], arrays: dict[str, np.ndarray],
+                      path: str) -> tuple[PositionalSubspace | None, dict[str, Any]]:
+    """The positional subspace and feature settings a bundle's ViT features were trained with (none before
+    they existed)."""
+    debias = None
+    if vit.get("debias") is not None:
+        try:
+            debias = PositionalSubspace(arrays["debias_mean"], arrays["debias_basis"])
+        except DinosawError as exc:
+            raise DinosawError(f"{path}: {exc}") from None
+        if debias.sha256 != vit["debias"]["sha256"]:
+            raise DinosawError(f"{path}: its positional subspace does not match its recorded sha256")
+    return debias, {"bias_jitter": float(vit.get("bias_jitter", 0.0)), "jitter_seed": int(vit.get("jitter_seed", 0)),
+                    "debias": None if debias is None else {"sha256": debias.sha256, "rank": debias.rank}}
+
+
+def _configured(extractor: Any, wanted: dict[str, Any], debias: PositionalSubspace | None, path: str) -> Any:
+    """``extractor`` set up as the model was trained (bias jitter, positional subspace); one whose own settings
+    differ from the model's is refused rather than silently changed."""
+    if extractor is None or not hasattr(extractor, "configured"):
+        return extractor
+    current = extractor.feature_settings
+    if current == wanted:
+        return extractor
+    untouched = {"bias_jitter": 0.0, "jitter_seed": 0, "debias": None}
+    if current != untouched:
+        differ = ", ".join(f"{k} {current[k]} (model: {wanted[k]})" for k in wanted if current[k] != wanted[k])
+        raise DinosawError(f"{path}: the model was trained with other feature settings than this extractor's: {differ}")
+    return extractor.configured(bias_jitter=wanted["bias_jitter"], jitter_seed=wanted["jitter_seed"], debias=debias)
 
 
 def _as_extractor(extractor: Any) -> Any:
@@ -125,6 +157,7 @@ class Segmenter:
         self.pca: PcaFeatures | None = None
         self.label_classes: list[LabelClass] = []
         self.engine: dict[str, Any] | None = None
+        self.debias: PositionalSubspace | None = None  # projected out of the ViT features (from the extractor)
         self.training: dict[str, Any] = {}
 
     # -- features -------------------------------------------------------------------------
@@ -181,7 +214,9 @@ class Segmenter:
             grids = [prepared.grid for prepared in images]
             self.engine = {"model": self.extractor.manifest.get("model"),
                            "identity": engine_identity(self.extractor.manifest),
-                           "patch_size": int(self.extractor.patch_size)}
+                           "patch_size": int(self.extractor.patch_size),
+                           **getattr(self.extractor, "feature_settings", {})}
+            self.debias = getattr(self.extractor, "debias", None)
             self.pca = PcaFeatures.fit(grids, n_components=self.n_components, patch_size=self.extractor.patch_size,
                                        seed=self.classifier.seed)
         k = len(self.label_classes)
@@ -339,6 +374,8 @@ class Segmenter:
             "training": self.training,
         }
         arrays = {} if self.pca is None else self.pca.to_arrays()
+        if self.pca is not None and self.debias is not None:
+            arrays.update(debias_mean=self.debias.mean, debias_basis=self.debias.basis)
         return Bundle(config, arrays, bytes(self.booster.save_raw("ubj")))
 
     @classmethod
@@ -380,11 +417,14 @@ class Segmenter:
         if vit is not None:
             seg.engine = {k: vit[k] for k in ("model", "identity", "patch_size")}
             seg.pca = PcaFeatures.from_arrays(bundle.arrays, vit["patch_size"])
-            if extractor is not None and engine_identity(extractor.manifest) != vit["identity"]:
+            if seg.extractor is not None and engine_identity(seg.extractor.manifest) != vit["identity"]:
                 raise DinosawError(
                     f"{path}: trained with the features of engine {vit['model']!r} (identity "
-                    f"{vit['identity'][:12]}); {extractor.model_path} is a different model"
+                    f"{vit['identity'][:12]}); {seg.extractor.model_path} is a different model"
                 )
+            seg.debias, settings = _feature_settings(vit, bundle.arrays, path)
+            seg.engine.update(settings)
+            seg.extractor = _configured(seg.extractor, settings, seg.debias, path)
         elif extractor is not None:
             seg.extractor = None  # a classical model ignores the engine
         if list(config["channels"]) != list(seg.channel_names):

@@ -213,8 +213,9 @@ def extract_tiled(
     lo_hi = fit_intensity_range(reader, intensity_range=intensity_range, percentiles=percentiles)
     image = reader.info.to_dict()
     engine = {"path": str(extractor.model_path), "sha256": cached_sha256(extractor.model_path),
-              "name": extractor.manifest.get("model")}
+              "name": extractor.manifest.get("model"), **getattr(extractor, "feature_settings", {})}
     run = {"image": {**image, **fingerprint(reader.path)}, "engine_sha256": engine["sha256"],
+           "feature_settings": getattr(extractor, "feature_settings", {}),
            "grid": grid.to_dict(), "dtype": dtype, "intensity_range": lo_hi}
     with output_lock([output]):  # one writer per store, for the whole run
         writer = FeatureStoreWriter(
