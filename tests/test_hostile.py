@@ -300,7 +300,7 @@ def test_graph_must_agree_with_its_manifest(engine_copy):
         (good, [("features", ["b", 96, "h", "w"])], "features has 96 at axis 1 but the manifest says 97"),
         (good, [("features", ["b", 96, "h"])], "rank 3"),
         ([good[0], ("attn_bias", [1, 4, "t", "t"])], [("features", ["b", 96, "h", "w"])], "attn_bias has 4"),
-        (good[::-1], [("features", ["b", 96, "h", "w"])], "not an ALiBi-Dv2 export"),
+        (good[::-1], [("features", ["b", 96, "h", "w"])], "not a dinosaw-deploy engine"),
     ):
         edited = _edit(manifest, "architecture.embed_dim", 97) if "says 97" in fragment else manifest
         with pytest.raises(DinosawError, match=fragment.replace("(", r"\(")):

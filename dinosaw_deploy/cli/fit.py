@@ -23,7 +23,7 @@ from dinosaw_deploy.image.reader import require_file
               help="An image and its scribbles (PNG/TIFF, 0 = unlabelled); repeat for several images.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Model (.dsw).")
 @click.option("--engine", type=click.Path(path_type=Path), default=None,
-              help="Exported ALiBi-Dv2 (.onnx) for ViT features [engines/alibi_dv2_vits14.onnx if present].")
+              help="Exported engine (.onnx/.plan, any family) for ViT features [engines/alibi_dv2_vits14.onnx if present].")
 @click.option("--no-vit", is_flag=True, help="Classical features only.")
 @training_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing model.")

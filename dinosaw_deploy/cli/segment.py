@@ -27,7 +27,7 @@ from dinosaw_deploy.image.reader import require_file
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Label image (.ome.tif or .ome.zarr).")
 @click.option("--engine", type=click.Path(path_type=Path), default=None,
-              help="Exported ALiBi-Dv2 (.onnx) for ViT features [engines/alibi_dv2_vits14.onnx if present].")
+              help="Exported engine (.onnx/.plan, any family) for ViT features [engines/alibi_dv2_vits14.onnx if present].")
 @click.option("--no-vit", is_flag=True, help="Classical features only.")
 @click.option("--save-model", type=click.Path(path_type=Path), default=None, help="Also save the model (.dsw).")
 @click.option("--probabilities", is_flag=True, help="Also write per-class probabilities (*.probabilities.ome.tif).")

@@ -1,4 +1,4 @@
-"""The engine contract: what every exported ALiBi-Dv2 takes and gives, shared by the runtime and the build side."""
+"""The engine contract: what every exported engine (any family) takes and gives, shared by the runtime and the build side."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -19,6 +19,6 @@ def check_io_names(inputs: Sequence[str], outputs: Sequence[str], source: str | 
     """Refuse a graph or plan whose tensors are not ``(pixel_values, attn_bias) -> features``."""
     if tuple(inputs) != INPUT_NAMES or tuple(outputs) != (OUTPUT_NAME,):
         raise DinosawError(
-            f"{source}: not an ALiBi-Dv2 export (inputs {tuple(inputs)}, outputs {tuple(outputs)}; "
+            f"{source}: not a dinosaw-deploy engine (inputs {tuple(inputs)}, outputs {tuple(outputs)}; "
             f"expected {INPUT_NAMES} -> ({OUTPUT_NAME!r},))"
         )
