@@ -159,3 +159,19 @@ def test_bias_kinds():
     assert attention_bias(2, 3, 6).min() == -1.0
     with pytest.raises(ValueError, match="kind"):
         BiasConfig(kind="gaussian")
+
+
+def test_a_dinov2_without_registers_loads_with_its_class_row_folded(tmp_path):
+    """timm's vit_small_patch14_dinov2 layout: no registers, pos_embed (1, 1 + g*g, C) with the class token's row."""
+    config = ViTConfig(embed_dim=64, depth=1, num_heads=2, num_register_tokens=0, family="dinov2", pos_embed_grid=(4, 4))
+    reference = ViT(config).eval()
+    state = {k: v for k, v in reference.state_dict().items() if k != "reg_token"}
+    cls_row = torch.randn(1, 1, 64)
+    state["cls_token"] = state["cls_token"] - cls_row
+    state["pos_embed"] = torch.cat([cls_row, state["pos_embed"]], dim=1)
+    torch.save(state, tmp_path / "noreg.pth")
+    loaded = load_checkpoint(tmp_path / "noreg.pth").model
+    assert (loaded.config.num_register_tokens, loaded.config.pos_embed_grid) == (0, (4, 4))
+    pixels = torch.from_numpy(pixel_values(56, 70))
+    with torch.no_grad():
+        assert torch.allclose(loaded(pixels, None), reference(pixels, None), atol=1e-5)
