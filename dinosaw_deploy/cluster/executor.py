@@ -36,6 +36,7 @@ from dinosaw_deploy.engine.extractor import FeatureExtractor
 from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.files import fingerprint
 from dinosaw_deploy.image.reader import ImageReader
+from dinosaw_deploy.segment.merger import ZarrMerger
 from dinosaw_deploy.segment.prepared import PreparedImage
 from dinosaw_deploy.tiling.grid import TileGrid
 from dinosaw_deploy.tiling.pipeline import extract_tiled
@@ -152,13 +153,13 @@ class DaskExecutor:
         self.stats["features"] = extract_tiled(reader, extractor, store, intensity_range=intensity_range,
                                                progress=progress, runner=self.runner)
 
-    def predict(self, prepared: PreparedImage, targets: dict[str, Path], work: Path, *, modal: int, crf: bool,
+    def predict(self, prepared: PreparedImage, merger: ZarrMerger, *, modal: int, crf: bool,
                 echo: Callable[[str], None], progress: Progress | None) -> None:
         seg, gray, grid = prepared.segmenter, prepared.gray, prepared.grid
-        markers = work / "done" / MARKERS
+        merger = merger.within(MARKERS)  # per-block markers, apart from an in-process run's per-tile ones
         groups = {block_name(extent(g)): g for g in label_blocks(tuple(gray.shape), seg.tile,
                                                                            self.block or DEFAULT_LABEL_BLOCK)}
-        todo = _todo(markers, list(groups))
+        todo = {name for name in groups if not merger.done(name)}
         if len(todo) < len(groups):
             echo(f"{len(groups) - len(todo)} of {len(groups)} blocks already predicted")
         echo(f"predicting {len(todo)} blocks on the cluster ...")
@@ -169,8 +170,7 @@ class DaskExecutor:
         job = PredictJob(image=image_ref(gray.source), bundle=bundle, threads=self.threads,
                          intensity_range=gray.intensity_range, contrast=gray.contrast,
                          store=None if store is None else str(Path(store).resolve()), modal=modal, crf=crf,
-                         targets={k: str(Path(v).resolve()) for k, v in targets.items()},
-                         markers=str(markers.resolve()))
+                         merger=merger)
         self.stats["predict"] = run_blocks(self.client, predict_block, job,
                                            [(n, g) for n, g in groups.items() if n in todo], stage="predict",
                                            progress=progress)

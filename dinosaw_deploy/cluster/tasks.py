@@ -23,7 +23,7 @@ from dinosaw_deploy.engine.debias import PositionalSubspace
 from dinosaw_deploy.engine.extractor import FeatureExtractor
 from dinosaw_deploy.image.reader import open_image
 from dinosaw_deploy.segment.contrast import Clahe
-from dinosaw_deploy.segment.run import write_tile
+from dinosaw_deploy.segment.merger import ZarrMerger
 from dinosaw_deploy.segment.segmenter import Segmenter
 from dinosaw_deploy.tiling.grid import Box, TileGrid
 from dinosaw_deploy.tiling.pipeline import peak_rss_mb, tile_batch
@@ -79,8 +79,7 @@ class PredictJob:
     store: str | None  # the ViT feature store, for ViT models
     modal: int
     crf: bool
-    targets: dict[str, str]  # labels / probabilities zarr arrays
-    markers: str
+    merger: ZarrMerger  # the labels / probabilities arrays and the block markers
 
 
 def _cached(key: tuple, make):
@@ -143,18 +142,14 @@ def feature_block(job: FeatureJob, box: Box) -> dict[str, float]:
 
 def predict_block(job: PredictJob, boxes: list[Box]) -> dict[str, float]:
     """Labels (and probabilities) of the prediction tiles ``boxes``, written into ``job.targets``."""
-    import zarr
-
     started = time.perf_counter()
     seg = _segmenter(job)
     grid = FeatureStore.open(job.store) if job.store else None
-    labels = zarr.open_array(job.targets["labels"], mode="r+")
-    probs = zarr.open_array(job.targets["probabilities"], mode="r+") if "probabilities" in job.targets else None
     with job.image.open() as reader:
         prepared = seg.prepare(reader, intensity_range=job.intensity_range, contrast=job.contrast, grid=grid,
                                cache_bytes=0)
         for box, tile_labels, tile_probs in prepared.tiles(boxes, modal=job.modal, crf=job.crf):
-            write_tile(labels, probs, box, tile_labels, tile_probs)
-    _done(job.markers, block_name(extent(boxes)))
+            job.merger.aggregate(box, tile_labels, tile_probs)
+    job.merger.mark(block_name(extent(boxes)))
     return {"tiles": len(boxes), "seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb()}
 

@@ -26,6 +26,7 @@ from dinosaw_deploy.image.intensity import fit_intensity_range, intensity_histog
 from dinosaw_deploy.image.reader import ArrayRegions, RegionSource
 from dinosaw_deploy.segment.contrast import Clahe, ClaheConfig
 from dinosaw_deploy.segment.filters import FilterBank
+from dinosaw_deploy.segment.merger import ArrayMerger
 from dinosaw_deploy.segment.vit_channels import PcaFeatures
 from dinosaw_deploy.tiling.cache import DEFAULT_CACHE_BYTES, CacheStats, FeatureCache
 from dinosaw_deploy.tiling.pipeline import patch_features
@@ -212,18 +213,11 @@ class PreparedImage:
                 probabilities: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """(labels (h, w) uint8 1..K, probabilities (K, h, w) float32 or None) of ``box`` (default: the
         whole image), computed tile by tile on the segmenter's tile grid."""
-        y0, y1, x0, x1 = box = self.check_box(box)
-        seg = self.segmenter
-        labels = np.empty((y1 - y0, x1 - x0), np.uint8)
-        probs = np.empty((len(seg.label_classes), *labels.shape), np.float32) if probabilities else None
-        covering = self.covering_tiles(box)
-        for (ty0, ty1, tx0, tx1), tile_labels, tile_probs in self.tiles(covering, modal=modal, crf=crf):
-            inner = (slice(max(ty0, y0) - ty0, min(ty1, y1) - ty0), slice(max(tx0, x0) - tx0, min(tx1, x1) - tx0))
-            out = (slice(max(ty0, y0) - y0, min(ty1, y1) - y0), slice(max(tx0, x0) - x0, min(tx1, x1) - x0))
-            labels[out] = tile_labels[inner]
-            if probs is not None:
-                probs[(slice(None), *out)] = tile_probs[(slice(None), *inner)]
-        return labels, probs
+        box = self.check_box(box)
+        merger = ArrayMerger(box, len(self.segmenter.label_classes), probabilities)
+        for tile, tile_labels, tile_probs in self.tiles(self.covering_tiles(box), modal=modal, crf=crf):
+            merger.aggregate(tile, tile_labels, tile_probs)
+        return merger.finalize()
 
     def labels(self, box: Box | None = None, *, modal: int = 0, crf: bool = False) -> np.ndarray:
         """(h, w) uint8 labels 1..K of ``box`` (default: the whole image)."""

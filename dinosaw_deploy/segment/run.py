@@ -45,6 +45,7 @@ from dinosaw_deploy.files import (
     output_lock,
     remove_owned,
 )
+from dinosaw_deploy.image.box import Box
 from dinosaw_deploy.image.intensity import DEFAULT_NORMALIZE
 from dinosaw_deploy.image.ome_writer import write_ome_pyramid
 from dinosaw_deploy.image.ome_zarr import build_levels, create_ome_zarr, publish
@@ -70,6 +71,7 @@ from dinosaw_deploy.segment.labels import (
     iou_from_confusion,
     load_scribbles,
 )
+from dinosaw_deploy.segment.merger import ZarrMerger
 from dinosaw_deploy.segment.prepared import GrayImage, PreparedImage
 from dinosaw_deploy.segment.segmenter import Segmenter
 from dinosaw_deploy.tiling.grid import tile_boxes
@@ -91,10 +93,10 @@ class Executor(Protocol):
                 intensity_range: tuple[float, float], progress: Progress | None) -> None:
         """Write ``reader``'s feature store to ``store``, as ``extract_tiled`` does under ``intensity_range``."""
 
-    def predict(self, prepared: PreparedImage, targets: dict[str, Path], work: Path, *, modal: int, crf: bool,
+    def predict(self, prepared: PreparedImage, merger: ZarrMerger, *, modal: int, crf: bool,
                 echo: Echo, progress: Progress | None) -> None:
-        """Predict every tile of ``prepared.segmenter.tile`` into the zarr arrays ``targets`` (labels,
-        probabilities)."""
+        """Predict every tile of ``prepared.segmenter.tile`` not yet done into ``merger`` (marking what it did,
+        so a cut run resumes)."""
 
 
 @dataclass
@@ -175,9 +177,10 @@ def _add_patch_grid(prepared: PreparedImage, extractor: FeatureExtractor | None,
     prepared.set_grid(FeatureStore.open(store))
 
 
-def _targets(paths: dict[str, Path], seg: Segmenter, shape: tuple[int, int], pixel_size, work: Path) -> dict[str, Path]:
-    """The level-0 zarr arrays in ``work`` that prediction fills (created on the first run): OME-Zarr
-    groups for ``.ome.zarr`` outputs (finished in place), plain arrays converted to OME-TIFF."""
+def _merger(paths: dict[str, Path], seg: Segmenter, shape: tuple[int, int], pixel_size, work: Path) -> ZarrMerger:
+    """The merger of the level-0 zarr arrays in ``work`` that prediction fills (created on the first run):
+    OME-Zarr groups for ``.ome.zarr`` outputs (finished in place), plain arrays converted to OME-TIFF; done
+    markers in ``work/done``."""
     import zarr
 
     k, tile = len(seg.label_classes), seg.tile
@@ -202,44 +205,29 @@ def _targets(paths: dict[str, Path], seg: Segmenter, shape: tuple[int, int], pix
                             fill_value=0)
     if created:  # markers of tiles written into an earlier copy (published, then the job was cut) are void
         shutil.rmtree(work / "done", ignore_errors=True)
-    return targets
+    return ZarrMerger.at(targets, work / "done")
 
 
-def _predict(prepared: PreparedImage, work: Path, targets: dict[str, Path], *, modal: int, crf: bool, echo: Echo,
-             progress: Progress | None, executor: Executor | None = None):
-    """Predict every tile not yet done into the arrays ``targets``; returns (labels, probabilities|None)."""
-    import zarr
-
-    shape, tile = prepared.shape, prepared.segmenter.tile
-    labels = zarr.open_array(targets["labels"], mode="r+")
-    probs = zarr.open_array(targets["probabilities"], mode="r+") if "probabilities" in targets else None
+def _predict(prepared: PreparedImage, merger: ZarrMerger, *, modal: int, crf: bool, echo: Echo,
+             progress: Progress | None, executor: Executor | None = None) -> None:
+    """Predict every tile not yet done into ``merger``'s arrays (on ``executor`` if given)."""
     if executor is not None:
-        executor.predict(prepared, targets, work, modal=modal, crf=crf, echo=echo, progress=progress)
-        return labels, probs
-    done = work / "done"
-    done.mkdir(exist_ok=True)
-    boxes = tile_boxes(shape, tile)
-    todo = [b for b in boxes if not (done / f"{b[0]}_{b[2]}").exists()]
+        executor.predict(prepared, merger, modal=modal, crf=crf, echo=echo, progress=progress)
+        return
+    boxes = tile_boxes(prepared.shape, prepared.segmenter.tile)
+    todo = [b for b in boxes if not merger.done(_tile_name(b))]
     if len(todo) < len(boxes):
         echo(f"{len(boxes) - len(todo)} of {len(boxes)} tiles already predicted")
     echo(f"predicting {len(todo)} tiles ...")
-    for count, (box, tile_labels, tile_probs) in enumerate(
-        prepared.tiles(todo, modal=modal, crf=crf), start=1
-    ):
-        write_tile(labels, probs, box, tile_labels, tile_probs)
-        (done / f"{box[0]}_{box[2]}").touch()
+    for count, (box, tile_labels, tile_probs) in enumerate(prepared.tiles(todo, modal=modal, crf=crf), start=1):
+        merger.aggregate(box, tile_labels, tile_probs)
+        merger.mark(_tile_name(box))
         if progress:
             progress(count, len(todo))
-    return labels, probs
 
 
-def write_tile(labels, probs, box: tuple[int, int, int, int], tile_labels: np.ndarray,
-               tile_probs: np.ndarray) -> None:
-    """Store one predicted tile: labels as they are, probabilities as uint8 (x 255, rounded)."""
-    y0, y1, x0, x1 = box
-    labels[y0:y1, x0:x1] = tile_labels
-    if probs is not None:
-        probs[:, y0:y1, x0:x1] = np.rint(tile_probs * 255).astype(np.uint8)
+def _tile_name(box: Box) -> str:
+    return f"{box[0]}_{box[2]}"
 
 
 def _exposure_check(seg: Segmenter, prepared: PreparedImage, image: Path, echo: Echo) -> float | None:
@@ -334,8 +322,11 @@ def _write(path: Path, array, target: Path, pixel_size, names: list[str] | None)
         write_ome_pyramid(path, array, pixel_size=pixel_size, channel_names=names, name=path.name)
 
 
-def _write_outputs(paths: dict[str, Path], seg: Segmenter, gray: GrayImage, reader: ImageReader, labels, probs,
-                   targets: dict[str, Path], echo: Echo, scribbles: Scribbles | None = None) -> None:
+def _write_outputs(paths: dict[str, Path], seg: Segmenter, gray: GrayImage, reader: ImageReader,
+                   merger: ZarrMerger, echo: Echo, scribbles: Scribbles | None = None) -> None:
+    """The finished outputs from ``merger``'s arrays: OME-TIFF pyramids written, OME-Zarr groups finished."""
+    labels, probs = merger.finalize()
+    targets = {k: Path(v) for k, v in merger.targets.items()}
     pixel_size = reader.info.pixel_size
     names = [c.name for c in seg.label_classes]
     if probs is not None:
@@ -397,11 +388,10 @@ def _run(image: Path, output: Path, inputs: list[Path], options: dict[str, Any],
             if seg.booster is None:
                 train(prepared, work, checked)
             shift = None if train is not None else _exposure_check(seg, prepared, image, echo)
-            targets = _targets(paths, seg, tuple(reader.shape), reader.info.pixel_size, work)
-            labels, probs = _predict(prepared, work, targets, modal=modal, crf=crf, echo=echo, progress=progress,
-                                     executor=executor)
-            quality = _quality(labels, seg.label_classes, ground_truth, echo)  # before an OME-Zarr target moves
-            _write_outputs(paths, seg, prepared.gray, reader, labels, probs, targets, echo, checked)
+            merger = _merger(paths, seg, tuple(reader.shape), reader.info.pixel_size, work)
+            _predict(prepared, merger, modal=modal, crf=crf, echo=echo, progress=progress, executor=executor)
+            quality = _quality(merger.finalize()[0], seg.label_classes, ground_truth, echo)  # before an OME-Zarr target moves
+            _write_outputs(paths, seg, prepared.gray, reader, merger, echo, checked)
             result = ScanResult(paths, list(seg.label_classes), tuple(reader.shape), reader.info.pixel_size,
                                 {**quality, **({} if shift is None else {"intensity_shift": shift})})
     return work, result
