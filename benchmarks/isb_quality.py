@@ -45,7 +45,8 @@ def main() -> None:
     from dinosaw_deploy.engine.extractor import FeatureExtractor
     from dinosaw_deploy.image.reader import read_image
     from dinosaw_deploy.segment.contrast import ClaheConfig
-    from dinosaw_deploy.segment.labels import class_iou, load_scribbles, scribbles_from_array
+    from dinosaw_deploy.segment.labels import load_scribbles, scribbles_from_array
+    from dinosaw_deploy.segment.metrics import class_iou
     from dinosaw_deploy.segment.segmenter import Segmenter
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

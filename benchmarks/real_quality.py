@@ -143,7 +143,7 @@ def timed(call):
 def evaluate(methods: dict, train: list, test: list, modal: int = 0) -> dict:
     """{method: {"iou": [per test image per-class IoU], "classes": [...], "train": s, "predict": [s]}};
     with ``modal``, also ``<rule>+mR``: our predictions through a modal filter of radius R."""
-    from dinosaw_deploy.segment.labels import class_iou
+    from dinosaw_deploy.segment.metrics import class_iou
 
     out = {}
     for name, make in methods.items():

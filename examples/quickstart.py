@@ -22,7 +22,7 @@ import tifffile
 
 from dinosaw_deploy import DinosawError, FeatureExtractor, segment_scan
 from dinosaw_deploy.export.build import run_export
-from dinosaw_deploy.segment.labels import class_iou
+from dinosaw_deploy.segment.metrics import class_iou
 from dinosaw_deploy.synthetic import CLASS_NAMES, synthetic_scribbles, write_synthetic_tiff
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,14 +14,12 @@ from dinosaw_deploy.image.reader import ArrayRegions
 from dinosaw_deploy.segment import labels as labels_module
 from dinosaw_deploy.segment.classifier import ClassifierParams
 from dinosaw_deploy.segment.labels import (
-    class_iou,
-    confusion_matrix,
     ground_truth_strips,
-    iou_from_confusion,
     scribbles_from_array,
     subsample_many,
     unify_classes,
 )
+from dinosaw_deploy.segment.metrics import class_iou, confusion_matrix, iou_from_confusion
 from dinosaw_deploy.segment.segmenter import Segmenter
 from dinosaw_deploy.segment.vit_channels import PcaFeatures
 from dinosaw_deploy.synthetic import synthetic_micrograph, synthetic_scribbles

@@ -87,7 +87,7 @@ def test_synthetic_scribbles_follow_the_truth():
 
 
 def test_class_iou():
-    from dinosaw_deploy.segment.labels import class_iou
+    from dinosaw_deploy.segment.metrics import class_iou
 
     truth = np.array([[1, 1, 2, 2]])
     np.testing.assert_allclose(class_iou(np.array([[1, 2, 2, 2]]), truth), [1 / 2, 2 / 3])

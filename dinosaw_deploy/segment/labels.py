@@ -237,35 +237,6 @@ def _build(strips, label_shape: tuple[int, int], shape: tuple[int, int] | None, 
     )
 
 
-def confusion_matrix(prediction: np.ndarray, truth: np.ndarray, size: int) -> np.ndarray:
-    """(size, size) pixel counts: rows = true class, columns = predicted class (values 0..size-1);
-    add the matrices of tiles to score an image that never sits in memory whole."""
-    prediction, truth = np.asarray(prediction), np.asarray(truth)
-    if prediction.shape != truth.shape:
-        raise DinosawError(f"prediction {prediction.shape} and ground truth {truth.shape} differ in shape")
-    flat = truth.astype(np.int64).ravel() * size + prediction.astype(np.int64).ravel()
-    return np.bincount(flat, minlength=size * size).reshape(size, size)
-
-
-def iou_from_confusion(confusion: np.ndarray) -> np.ndarray:
-    """Intersection over union of every class (row) of a confusion matrix; NaN where the class
-    occurs neither in the truth nor in the prediction."""
-    inter = np.diag(confusion).astype(np.float64)
-    union = confusion.sum(axis=0) + confusion.sum(axis=1) - inter
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, inter / union, np.nan)
-
-
-def class_iou(prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Intersection over union of each class in ``truth`` (sorted values); its mean is the mIoU."""
-    prediction, truth = np.asarray(prediction), np.asarray(truth)
-    if prediction.shape != truth.shape:
-        raise DinosawError(f"prediction {prediction.shape} and ground truth {truth.shape} differ in shape")
-    values = np.union1d(np.unique(truth), np.unique(prediction))
-    confusion = confusion_matrix(np.searchsorted(values, prediction), np.searchsorted(values, truth), len(values))
-    return iou_from_confusion(confusion)[np.isin(values, np.unique(truth))]
-
-
 def ground_truth_strips(path: str | os.PathLike, classes: Sequence[LabelClass], shape: tuple[int, int]
                         ) -> Iterator[tuple[int, np.ndarray]]:
     """(first row, class indices (rows, W) uint8) of a dense ground-truth label file, strip by strip:

@@ -31,8 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
-
 from dinosaw_deploy.engine.extractor import FeatureExtractor
 from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.files import (
@@ -61,24 +59,21 @@ from dinosaw_deploy.preflight import (
 )
 from dinosaw_deploy.segment.classifier import ClassifierParams
 from dinosaw_deploy.segment.contrast import ClaheConfig
+from dinosaw_deploy.segment.label_preview import write_label_preview
 from dinosaw_deploy.segment.labels import (
-    STRIP_ROWS,
     LabelClass,
     Scribbles,
-    confusion_matrix,
     describe_classes,
-    ground_truth_strips,
-    iou_from_confusion,
     load_scribbles,
 )
 from dinosaw_deploy.segment.merger import ZarrMerger
+from dinosaw_deploy.segment.metrics import scan_quality
 from dinosaw_deploy.segment.prepared import GrayImage, PreparedImage
 from dinosaw_deploy.segment.segmenter import Segmenter
 from dinosaw_deploy.tiling.grid import tile_boxes
 from dinosaw_deploy.tiling.pipeline import extract_tiled
 from dinosaw_deploy.tiling.store import FeatureStore
 
-PREVIEW_SIZE = 1024
 RUN_FILE = "run.json"
 Echo = Callable[[str], None]
 Progress = Callable[[int, int], None]
@@ -241,78 +236,6 @@ def _exposure_check(seg: Segmenter, prepared: PreparedImage, image: Path, echo: 
     return shift
 
 
-def _preview(path: Path, gray: GrayImage, labels, classes: list[LabelClass], scribbles: Scribbles | None = None
-             ) -> None:
-    """Side by side, downsampled: the image, the scribbles on it (when given) and the result
-    (class colours blended into the image); a legend below."""
-    from PIL import Image, ImageDraw
-
-    height, width = gray.shape
-    f = max(1, -(-max(height, width) // PREVIEW_SIZE))
-    small = np.asarray(labels[::f, ::f])
-    image = np.zeros(small.shape, np.float32)
-    step = 2048 - 2048 % f
-    for y in range(0, height, step):
-        for x in range(0, width, step):
-            block = gray[y : min(y + step, height), x : min(x + step, width)][::f, ::f]
-            image[y // f : y // f + block.shape[0], x // f : x // f + block.shape[1]] = block
-    palette = np.zeros((256, 3), np.float32)
-    for c in classes:
-        palette[c.index] = c.colour
-    grey = np.repeat(image[..., None] * 255, 3, axis=-1)
-    panels = [grey]
-    if scribbles is not None:
-        marked = grey.copy()
-        marked[scribbles.ys // f, scribbles.xs // f] = palette[scribbles.classes]
-        panels.append(marked)
-    panels.append(0.55 * grey + 0.45 * palette[small])
-    gap, rows = 8, 18 * len(classes) + 8
-    h, w = small.shape
-    canvas = Image.new("RGB", (max(len(panels) * (w + gap) - gap, 200), h + rows), "white")
-    for i, panel in enumerate(panels):
-        canvas.paste(Image.fromarray(np.clip(panel, 0, 255).astype(np.uint8)), (i * (w + gap), 0))
-    draw = ImageDraw.Draw(canvas)
-    for i, c in enumerate(classes):
-        top = h + 4 + 18 * i
-        draw.rectangle((4, top, 18, top + 14), fill=tuple(c.colour), outline="black")
-        draw.text((24, top + 1), f"{c.index}: {c.name}", fill="black")
-    with atomic_path(path) as tmp:
-        canvas.save(tmp, format="PNG")
-
-
-def _quality(labels, classes: list[LabelClass], ground_truth: Path | None, echo: Echo) -> dict[str, Any]:
-    """Per-class pixel fractions of the result and, with a ground-truth file, per-class IoU and
-    their mean, counted strip by strip (neither image sits in memory whole)."""
-    k = len(classes)
-    height, width = labels.shape
-    counts = np.zeros(k + 1, np.int64)
-    confusion = np.zeros((k + 1, k + 1), np.int64)
-    if ground_truth is None:
-        strips = ((y, None) for y in range(0, height, STRIP_ROWS))
-    else:
-        strips = ground_truth_strips(ground_truth, classes, (height, width))
-    for y, truth in strips:
-        rows = STRIP_ROWS if truth is None else truth.shape[0]
-        pred = np.asarray(labels[y : y + rows])
-        counts += np.bincount(pred.ravel(), minlength=k + 1)[: k + 1]
-        if truth is not None:
-            confusion += confusion_matrix(pred, truth, k + 1)
-    fractions = counts[1:] / max(int(counts.sum()), 1)
-    echo("class fractions: " + ", ".join(f"{c.index} ({c.name}) {100 * v:.2f} %" for c, v in zip(classes, fractions)))
-    quality: dict[str, Any] = {"fractions": fractions.tolist()}
-    if ground_truth is not None:
-        scored = confusion[1:, 1:]
-        present = scored.sum(axis=1) > 0
-        ious = iou_from_confusion(scored)
-        if not present.any():
-            raise DinosawError(f"{ground_truth}: no ground-truth pixels (every value is 0 = not scored)")
-        miou = float(ious[present].mean())
-        echo(f"ground truth {ground_truth.name}: mIoU {miou:.4f} over {int(present.sum())} classes; IoU " + ", ".join(
-            f"{c.index} ({c.name}) {ious[i]:.4f}" for i, c in enumerate(classes) if present[i]))
-        quality.update(miou=miou, iou={c.index: float(ious[i]) for i, c in enumerate(classes) if present[i]})
-    return quality
-
-
 def _write(path: Path, array, target: Path, pixel_size, names: list[str] | None) -> None:
     """Finish an OME-Zarr target in place (pyramid levels, then rename) or convert it to OME-TIFF."""
     if path.name.lower().endswith(".ome.zarr"):
@@ -332,7 +255,7 @@ def _write_outputs(paths: dict[str, Path], seg: Segmenter, gray: GrayImage, read
     if probs is not None:
         _write(paths["probabilities"], probs, targets["probabilities"], pixel_size, names)
         echo(f"wrote {paths['probabilities']} (per-class probability x 255)")
-    _preview(paths["preview"], gray, labels, seg.label_classes, scribbles)
+    write_label_preview(paths["preview"], gray, labels, seg.label_classes, scribbles)
     _write(paths["labels"], labels, targets["labels"], pixel_size, None)
     echo(f"wrote {paths['labels']} ({labels.shape[0]}x{labels.shape[1]} uint8 classes 1..{len(names)}, "
          f"pixel size {pixel_size or 'unknown'})")
@@ -390,7 +313,7 @@ def _run(image: Path, output: Path, inputs: list[Path], options: dict[str, Any],
             shift = None if train is not None else _exposure_check(seg, prepared, image, echo)
             merger = _merger(paths, seg, tuple(reader.shape), reader.info.pixel_size, work)
             _predict(prepared, merger, modal=modal, crf=crf, echo=echo, progress=progress, executor=executor)
-            quality = _quality(merger.finalize()[0], seg.label_classes, ground_truth, echo)  # before an OME-Zarr target moves
+            quality = scan_quality(merger.finalize()[0], seg.label_classes, ground_truth, echo)  # before an OME-Zarr target moves
             _write_outputs(paths, seg, prepared.gray, reader, merger, echo, checked)
             result = ScanResult(paths, list(seg.label_classes), tuple(reader.shape), reader.info.pixel_size,
                                 {**quality, **({} if shift is None else {"intensity_shift": shift})})
