@@ -54,13 +54,16 @@ def test_napari_live_session_predicts_each_tile_once_and_stops_when_stale(scan):
     token = session.generations.new()
     assert not session.train(labels, stale) and not session.trained  # superseded before it started
     assert session.train(labels, token)
+    previews = dict(session.predict((100, 300, 0, 420), token, preview=True))  # a strided first look
+    assert len(previews) == 12 and np.any(session.region((0, 300, 0, 420)))
     tiles = list(session.predict((100, 300, 0, 420), token))
     assert [t for t, _ in tiles] == [(0, 128, 0, 128), (0, 128, 128, 256), (0, 128, 256, 384), (0, 128, 384, 420),
                                      (128, 256, 0, 128), (128, 256, 128, 256), (128, 256, 256, 384),
                                      (128, 256, 384, 420), (256, 300, 0, 128), (256, 300, 128, 256),
                                      (256, 300, 256, 384), (256, 300, 384, 420)][:len(tiles)] and len(tiles) == 12
     reference = Segmenter(classifier=ClassifierParams(rounds=5), tile=128, threads=1).fit(image, labels).predict(image)
-    np.testing.assert_array_equal(session.region((0, 300, 0, 420)), reference)
+    np.testing.assert_array_equal(session.region((0, 300, 0, 420)), reference)  # full labels over the previews
+    assert not list(session.predict((100, 300, 0, 420), token, preview=True))  # no preview where labels are full
     calls = []
     session.segmenter.predict_box = lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(AssertionError)
     assert len(list(session.predict((0, 300, 0, 420), token))) == 12 and not calls  # all from the model's tiles

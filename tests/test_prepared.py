@@ -128,3 +128,17 @@ def test_vit_features_are_computed_once_per_image(data, tiny_engine, monkeypatch
     labels_a = prepared.labels()
     assert len(passes) == 1 and prepared.features((0, 10, 0, 10)).shape[0] == len(vit.channel_names)
     np.testing.assert_array_equal(labels_a, vit.predict(image))
+
+
+@pytest.mark.parametrize("stride", [2, 3])
+def test_a_strided_preview_is_the_full_prediction_at_its_sampled_pixels(data, seg, stride):
+    prepared = seg.prepare(data[0])
+    box = (10, 95, 20, 96)
+    full, _ = seg.predict_box(prepared, box)
+    preview, probs = seg.predict_box(prepared, box, stride=stride)
+    assert preview.shape == full.shape and probs.shape[1:] == full.shape
+    np.testing.assert_array_equal(preview[::stride, ::stride], full[::stride, ::stride])
+    cells = np.repeat(np.repeat(preview[::stride, ::stride], stride, 0), stride, 1)[: full.shape[0], : full.shape[1]]
+    np.testing.assert_array_equal(preview, cells)  # each sample fills its stride x stride cell
+    with pytest.raises(DinosawError, match="stride"):
+        seg.predict_box(prepared, box, stride=2, modal=1)

@@ -27,6 +27,7 @@ from dinosaw_deploy.tiling.store import PatchGrid
 from .viewport import Generations
 
 LIVE_TILE, LIVE_ROUNDS = 256, 30
+PREVIEW_STRIDE = 3  # the first pass after a stroke classifies every 3rd pixel of every 3rd row (9x cheaper)
 
 
 class LiveSession:
@@ -50,6 +51,7 @@ class LiveSession:
         self.prepared = self.segmenter.prepare(image, grid=grid, cache_bytes=cache_bytes)
         self.generations = Generations()
         self._tiles: dict[Box, np.ndarray] = {}  # labels of tiles under the current model
+        self._previews: dict[Box, np.ndarray] = {}  # strided labels of tiles under the current model
         self._work = threading.Lock()
 
     @property
@@ -65,29 +67,35 @@ class LiveSession:
                 return False
             self.segmenter.fit_prepared([(self.prepared, marks)])
             self._tiles.clear()
+            self._previews.clear()
             return True
 
-    def predict(self, box: Box, token: int) -> Iterator[tuple[Box, np.ndarray]]:
+    def predict(self, box: Box, token: int, *, preview: bool = False) -> Iterator[tuple[Box, np.ndarray]]:
         """(tile box, labels) of every tile overlapping ``box``, computed only where the current model
-        has not done so yet; stops when ``token`` goes stale."""
+        has not done so yet; stops when ``token`` goes stale. ``preview``: strided labels
+        (:data:`PREVIEW_STRIDE`) of the tiles that have no full labels yet, for a first look."""
         if not self.trained:
             raise DinosawError("paint scribbles of at least two classes first")
+        store, stride = (self._previews, PREVIEW_STRIDE) if preview else (self._tiles, 1)
         with self._work:
             for tile in self.prepared.covering_tiles(self.prepared.check_box(box)):
                 if not self.generations.is_current(token):
                     return
-                labels = self._tiles.get(tile)
+                if preview and tile in self._tiles:
+                    continue
+                labels = store.get(tile)
                 if labels is None:
-                    labels = self.segmenter.predict_box(self.prepared, tile)[0]
-                    self._tiles[tile] = labels
+                    labels = self.segmenter.predict_box(self.prepared, tile, stride=stride)[0]
+                    store[tile] = labels
                 yield tile, labels
 
     def region(self, box: Box) -> np.ndarray:
         """Labels of ``box`` from the tiles predicted so far (0 where none is yet)."""
         y0, y1, x0, x1 = box
         out = np.zeros((y1 - y0, x1 - x0), np.uint8)
-        for (ty0, ty1, tx0, tx1), labels in list(self._tiles.items()):
-            paste(out, box, (ty0, ty1, tx0, tx1), labels)
+        for tiles in (self._previews, self._tiles):  # full labels over previews
+            for tile, labels in list(tiles.items()):
+                paste(out, box, tile, labels)
         return out
 
     def fractions(self) -> dict[str, float]:

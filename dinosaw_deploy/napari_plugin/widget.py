@@ -66,6 +66,7 @@ class SegmentWidget(QWidget):
         self.paint_box: Box | None = None  # the level-0 box the scribbles layer covers
         self._shown: tuple[Box, np.ndarray] | None = None  # the prediction layer's box and buffer
         self._drawn = 0.0  # when the prediction layer was last redrawn
+        self.previewed = 0.0  # when the view was last fully shown (strided first look), for latency figures
         self._workers: list[Any] = []
         self._cancel = False
         self._bar = None
@@ -229,11 +230,15 @@ class SegmentWidget(QWidget):
         self._run(self._predict_job, box, token)
 
     def _predict_job(self, box: Box, token: int):
-        """Yields (token, box, what, tile, labels): ``too large``, then ``start``, each ``tile``, ``done``."""
+        """Yields (token, box, what, tile, labels): ``too large``, or ``start``, each strided ``tile`` of a first
+        look, ``preview`` (all of the view shown), each full-resolution ``tile``, ``done``."""
         if box_pixels(box) > MAX_LIVE_PIXELS:
             yield token, box, "too large", None, None
             return
         yield token, box, "start", None, None
+        for tile, labels in self.session.predict(box, token, preview=True):
+            yield token, box, "tile", tile, labels
+        yield token, box, "preview", None, None
         for tile, labels in self.session.predict(box, token):
             yield token, box, "tile", tile, labels
         yield token, box, "done", None, None
@@ -265,6 +270,10 @@ class SegmentWidget(QWidget):
             if time.monotonic() - self._drawn > REDRAW_S:  # redrawing after every tile would slow the work down
                 self.prediction.refresh()
                 self._drawn = time.monotonic()
+        elif what == "preview":
+            self.prediction.refresh()
+            self._drawn = self.previewed = time.monotonic()
+            self.status.setText("refining the visible region …")
         else:
             self.prediction.refresh()
             (y0, y1, x0, x1), _ = self._shown
