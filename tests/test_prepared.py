@@ -64,7 +64,8 @@ def test_repeated_and_overlapping_requests_reuse_the_features(data, seg, monkeyp
 
 def test_refitting_keeps_the_cache_and_a_new_filter_bank_empties_it(data, monkeypatch):
     image, labels = data
-    seg = Segmenter(classifier=ClassifierParams(rounds=5), tile=96, threads=1)
+    # no prior sampling: on 96-px tiles it would read every pixel of each labelled tile
+    seg = Segmenter(classifier=ClassifierParams(rounds=5), tile=96, threads=1, estimate_prior=False)
     prepared = seg.prepare(image)
     scribbles = scribbles_from_array(labels)
     seg.fit_prepared([(prepared, scribbles)])

@@ -101,6 +101,7 @@ class PreparedImage:
         self._grid, self._grid_engine = grid, None
         self.cache = FeatureCache(cache_bytes)
         self._fixed_range = intensity_range
+        self._histogram: tuple[tuple[float, float], np.ndarray] | None = None  # (range, histogram)
         self.gray = GrayImage(self.source, self._fit_range(), contrast)
         self._settings = self._feature_settings()
         if contrast is None and segmenter.contrast is not None:
@@ -124,8 +125,13 @@ class PreparedImage:
 
     def intensity_histogram(self) -> np.ndarray:
         """The image's intensity histogram under :attr:`intensity_range` (a pixel sample; see
-        :func:`~dinosaw_deploy.image.intensity.intensity_histogram`)."""
-        return intensity_histogram(self.source, self.intensity_range)
+        :func:`~dinosaw_deploy.image.intensity.intensity_histogram`), computed once per range."""
+        key = tuple(self.intensity_range)
+        if self._histogram is None or self._histogram[0] != key:
+            histogram = intensity_histogram(self.source, key)
+            histogram.flags.writeable = False
+            self._histogram = (key, histogram)
+        return self._histogram[1]
 
     def _check_settings(self) -> None:
         settings = self._feature_settings()

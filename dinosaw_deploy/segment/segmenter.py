@@ -265,14 +265,17 @@ class Segmenter:
     def _gather(self, prepared: PreparedImage, sample: Scribbles, groups: list[np.ndarray],
                 progress: Callable[[int, int], None] | None,
                 unlabelled: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Features at the sampled labelled pixels, one labelled tile (``groups``: :meth:`_tile_groups`,
-        its bounding box) at a time, and of up to ``unlabelled`` random pixels of every such box
-        (seeded by the box's position)."""
+        """Features at the sampled labelled pixels, one labelled prediction tile (``groups``:
+        :meth:`_tile_groups`) at a time, as computed for that tile (the box prediction uses, so a tile
+        already predicted in a session costs no filter bank), and of up to ``unlabelled`` random pixels of
+        every such tile (seeded by its position)."""
         x = np.empty((len(sample.ys), len(self.channel_names)), dtype=np.float32)
+        height, width = prepared.shape
 
         def work(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             ys, xs = sample.ys[idx], sample.xs[idx]
-            box = (int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1)
+            y0, x0 = int(ys[0]) // self.tile * self.tile, int(xs[0]) // self.tile * self.tile
+            box = (y0, min(y0 + self.tile, height), x0, min(x0 + self.tile, width))
             h, w = box[1] - box[0], box[3] - box[2]
             rng = np.random.default_rng((self.classifier.seed, *box))
             pick = np.sort(rng.choice(h * w, min(unlabelled, h * w), replace=False))
