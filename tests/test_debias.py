@@ -168,3 +168,18 @@ def test_cli_debias_fit_and_probe_compare(engines, tmp_path):
     assert figure.size[0] > 1000 and figure.size[1] > 600
     bad = runner.invoke(main, ["probe", "--compare", *map(str, paths), "-o", str(tmp_path / "x.json")])
     assert bad.exit_code != 0 and bad.output.startswith("Error:")
+
+
+def test_debias_fit_reads_feature_files_without_an_engine(engines, tmp_path):
+    from dinosaw_deploy.probe.debias import fit_debias
+
+    dinov2 = FeatureExtractor(engines["dinov2"], backend="cpu")
+    paths = []
+    for i, image in enumerate(_images(2)):
+        paths.append(tmp_path / f"f{i}.npy")
+        np.save(paths[-1], dinov2(image))
+    subspace = fit_debias(paths, tmp_path / "d.npz", max_rank=16)
+    assert subspace.rank >= 1 and subspace.report["source"]["inputs"] == [str(p) for p in paths]
+    assert PositionalSubspace.load(tmp_path / "d.npz").sha256 == subspace.sha256
+    with pytest.raises(DinosawError, match="debiased"):
+        fit_debias(paths, tmp_path / "e.npz", extractor=dinov2.configured(debias=subspace))

@@ -123,7 +123,8 @@ def attention_bias(h: int, w: int, num_heads: int = 6, config: BiasConfig | None
     """The ``attn_bias`` input for an (h, w) grid: float32 (1, 1 or num_heads, T, T), read-only.
 
     Constant slopes give one matrix broadcast over heads (1, 1, T, T); geometric slopes give
-    one per head; ``kind="none"`` gives zeros (1, 1, T, T). Results are cached per grid, so repeated tiles of one size cost nothing.
+    one per head; ``kind="none"`` gives zeros (1, 1, T, T). Results are cached per grid, so repeated tiles of
+    one size cost nothing.
     """
     return _cached_bias(int(h), int(w), int(num_heads), config or BiasConfig())
 

@@ -19,6 +19,7 @@ from dinosaw_deploy.image.intensity import check_pixels
 from dinosaw_deploy.image.reader import to_channels_last
 
 __all__ = ["INPUT_NAMES", "OUTPUT_NAME", "FeatureExtractor"]
+_KEEP = object()  # FeatureExtractor.configured: keep this setting
 
 
 class FeatureExtractor:
@@ -107,13 +108,13 @@ class FeatureExtractor:
                 "debias": None if self.debias is None else {"sha256": self.debias.sha256, "rank": self.debias.rank}}
 
     def configured(self, *, bias_jitter: float | None = None, jitter_seed: int | None = None,
-                   debias: PositionalSubspace | None | str = "keep") -> FeatureExtractor:
-        """A new extractor on the same opened backend with other feature settings (``debias="keep"``: this one's)."""
+                   debias: PositionalSubspace | None | object = _KEEP) -> FeatureExtractor:
+        """A new extractor on the same opened backend with other feature settings (each left out: this one's)."""
         return FeatureExtractor(
             self.model_path, batch_size=self.batch_size, intensity_range=self.intensity_range, backend=self.backend,
             max_tokens=self.max_tokens, bias_jitter=self.bias_jitter if bias_jitter is None else bias_jitter,
             jitter_seed=self.jitter_seed if jitter_seed is None else jitter_seed,
-            debias=self.debias if isinstance(debias, str) and debias == "keep" else debias)
+            debias=self.debias if debias is _KEEP else debias)
 
     @property
     def providers(self) -> list[str]:

@@ -57,7 +57,7 @@ def run_compare(
 ) -> dict[str, Any]:
     """Probe ``images`` with every extractor and write the report ``output`` (.json) and its ``.png`` figure;
     ``labels``: scribbles of the first image, for the segmentation row."""
-    from dinosaw_deploy.probe.run import _read_image
+    from dinosaw_deploy.probe.run import read_whole_image
 
     output, images = Path(output), [Path(p) for p in images]
     if len(extractors) < 1 or not images:
@@ -78,7 +78,7 @@ def run_compare(
     if labels is not None:
         from dinosaw_deploy.segment.labels import load_scribbles
 
-        first = _read_image(images[0], extractors[0])
+        first = read_whole_image(images[0], extractors[0])
         scribbles = load_scribbles(labels, first.shape[:2])
     rows = []
     with output_lock(targets):
@@ -87,7 +87,7 @@ def run_compare(
             rng = np.random.default_rng(seed)  # the same token samples for every engine
             results, first_features = [], None
             for path in images:
-                features = extractor(_read_image(path, extractor))
+                features = extractor(read_whole_image(path, extractor))
                 first_features = features if first_features is None else first_features
                 results.append(probe_features(features, rng=rng, repeats=repeats))
             summary = summarize(results, top=top)
@@ -96,7 +96,7 @@ def run_compare(
                    "feature_settings": extractor.feature_settings, **summary}
             labels_map = None
             if scribbles is not None:
-                labels_map = _segment(extractor, _read_image(images[0], extractor), scribbles, seed)
+                labels_map = _segment(extractor, read_whole_image(images[0], extractor), scribbles, seed)
             rows.append((row, first_features, labels_map))
             echo(f"{name}: R²(x,y) = {summary['r2_xy']['mean']:.3f} ± {summary['r2_xy']['std']:.3f}; "
                  + ", ".join(f"{r} {summary['r2'][r]['mean']:.3f}" for r in RAMPS)

@@ -127,6 +127,16 @@ def fit_subspace(
                               else basis.astype(np.float32), report)
 
 
+MAX_MAP_TOKENS = 1 << 20  # a stored feature map is read at a stride that keeps it below this many tokens
+
+
+def _strided(features) -> np.ndarray:
+    """A (C, h, w) feature array (a gigapixel store too) read every ``s``-th token of every ``s``-th row."""
+    _, h, w = features.shape
+    step = max(1, int(np.ceil(np.sqrt(h * w / MAX_MAP_TOKENS))))
+    return np.asarray(features[:, ::step, ::step], dtype=np.float32)
+
+
 def fit_debias(
     inputs: Sequence[str | Path],
     output: str | Path,
@@ -140,7 +150,7 @@ def fit_debias(
 ) -> PositionalSubspace:
     """Fit the positional subspace of the features of ``inputs`` (images run through ``extractor``, or
     ``.npy``/``.zarr`` features) and write it to ``output`` (``.npz``)."""
-    from dinosaw_deploy.probe.run import FEATURE_SUFFIXES, _load_features, _read_image
+    from dinosaw_deploy.probe.run import FEATURE_SUFFIXES, load_features, read_whole_image
 
     output, inputs = Path(output), [Path(p) for p in inputs]
     if not inputs:
@@ -157,7 +167,7 @@ def fit_debias(
         raise DinosawError("fit the subspace on the engine's own features, not on debiased ones")
     check_output(output, inputs + ([Path(extractor.model_path)] if extractor is not None else []), overwrite)
     with output_lock([output]):
-        maps = [extractor(_read_image(p, extractor)) if p in images else np.asarray(_load_features(p, False)[0])
+        maps = [extractor(read_whole_image(p, extractor)) if p in images else _strided(load_features(p, False)[0])
                 for p in inputs]
         source = {"inputs": [str(p) for p in inputs]}
         if extractor is not None:

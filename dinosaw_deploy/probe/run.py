@@ -25,7 +25,7 @@ ROLL_IMAGE_SIZE = 224  # px, the synthetic micrograph used by --roll when no ima
 Echo = Callable[[str], None]
 
 
-def _load_features(path: Path, tiles: bool):
+def load_features(path: Path, tiles: bool):
     """(C, h, w) array, tile-local positions or None, seam report or None, for a .npy or .zarr input."""
     if path.suffix.lower() == ".npy":
         if tiles:
@@ -53,7 +53,7 @@ def _load_features(path: Path, tiles: bool):
     return store.array, tile_local_positions(grid), seams
 
 
-def _read_image(path: Path, extractor):
+def read_whole_image(path: Path, extractor):
     """A whole image for a one-pass engine run; refuses images too large for that (tile them), from the
     header's declared size before decoding when the format tells it."""
     declared = image_shape(path)
@@ -90,9 +90,9 @@ def _probe_inputs(inputs, images, extractor, tiles: bool, rng, repeats: int, max
     for path in inputs:
         positions, seams = None, None
         if path in images:
-            features, kind = extractor(_read_image(path, extractor)), "image"
+            features, kind = extractor(read_whole_image(path, extractor)), "image"
         else:
-            (features, positions, seams), kind = _load_features(path, tiles), "features"
+            (features, positions, seams), kind = load_features(path, tiles), "features"
         result = probe_features(features, rng=rng, repeats=repeats, max_sample=max_sample, positions=positions)
         results.append(result)
         shape = [int(s) for s in features.shape]
@@ -109,7 +109,7 @@ def _roll_checks(extractor, images, shifts, seed: int, tolerance: float, echo: E
     from dinosaw_deploy.probe.roll import roll_check
 
     if images:
-        targets = [(str(p), _read_image(p, extractor)) for p in images]
+        targets = [(str(p), read_whole_image(p, extractor)) for p in images]
     else:
         from dinosaw_deploy.synthetic import synthetic_micrograph
 
