@@ -134,6 +134,8 @@ def split_prefix_rows(state: dict[str, torch.Tensor], pos_embed: torch.Tensor) -
     tokens in ``state``."""
     if pos_embed.ndim != 3 or pos_embed.shape[0] != 1:
         raise DinosawError(f"pos_embed must be a (1, N, C) tensor, got shape {tuple(pos_embed.shape)}")
+    if "cls_token" not in state:
+        raise DinosawError("checkpoint lacks 'cls_token': not a ViT state dict")
     length = pos_embed.shape[1]
     registers = state["reg_token"].shape[1] if "reg_token" in state else 0
     for prefix in (0, 1, 1 + registers):
@@ -220,7 +222,7 @@ def infer_config(
     for key, value in inferred.items():
         agrees = given.get(key, value) == value or (
             key == "mlp_ratio" and abs(given[key] - value) < 1e-6
-            or key == "pos_embed_grid" and value is not None and tuple(given[key]) == value
+            or key == "pos_embed_grid" and isinstance(given[key], (list, tuple)) and tuple(given[key]) == value
         )
         if not agrees:
             raise DinosawError(f"config says {key}={given[key]} but the checkpoint's tensors say {value}")
