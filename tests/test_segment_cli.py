@@ -1,6 +1,10 @@
 """`segment` / `apply` end to end: outputs, pixel size, clear errors, kill + resume."""
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import imagecodecs
 import numpy as np
 import pytest
@@ -61,13 +65,27 @@ def test_segment_writes_pyramidal_ome_with_pixel_size(inputs, segmented):
     assert not out.with_name("seg.ome.tif.work").exists()
 
 
-def test_apply_reproduces_segment(inputs, segmented):
+_OPENED: list[str] = []
+
+
+def _record_opens(event: str, args: tuple) -> None:
+    if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        _OPENED.append(os.fsdecode(args[0]))
+
+
+def test_apply_reproduces_segment_and_reads_the_model_once(inputs, segmented):
     root, _ = inputs
     out, _ = segmented
     applied = root / "applied.ome.tif"
-    code, text = run("apply", root / "scan.tif", "--model", out.parent / "seg.dsw", "-o", applied, "--modal", "1")
+    model = out.parent / "seg.dsw"
+    _OPENED.clear()
+    sys.addaudithook(_record_opens)  # hooks cannot be removed; this one only appends to _OPENED
+    code, text = run("apply", root / "scan.tif", "--model", model, "-o", applied, "--modal", "1")
+    opened = [p for p in _OPENED if Path(p).name == model.name]
+    _OPENED.clear()
     assert code == 0, text
     np.testing.assert_array_equal(tifffile.imread(applied), tifffile.imread(out))
+    assert len(opened) == 1, opened
 
 
 @pytest.mark.parametrize(

@@ -89,14 +89,15 @@ def apply_command(images: tuple[Path, ...], model_path: Path, output: Path, engi
                   backend: str, bias_jitter: float, debias: Path | None, cluster: str | None, block: int | None,
                   connect_timeout: float, max_pixels: int) -> None:
     """Segment one or more IMAGES with a model saved by `fit` or `segment --save-model`."""
-    from dinosaw_deploy.segment.bundle import load_bundle
+    from dinosaw_deploy.segment.bundle import ModelFile
     from dinosaw_deploy.segment.run import apply_scans
 
     for path in (*images, model_path, *ground_truths):
         require_file(path, "input")
-    uses_vit = load_bundle(model_path).config.get("vit") is not None
+    model = ModelFile.read(model_path)  # the one read of the bundle
+    uses_vit = model.bundle.config.get("vit") is not None
     with TileProgress() as progress, cluster_executor(cluster, block, threads, backend, connect_timeout) as executor:
-        apply_scans(images, model_path, output, ground_truths=ground_truths, overwrite=overwrite, echo=click.echo,
+        apply_scans(images, model, output, ground_truths=ground_truths, overwrite=overwrite, echo=click.echo,
                     extractor=open_engine(engine, not uses_vit, backend, required=True, bias_jitter=bias_jitter,
                                           debias=debias), probabilities=probabilities,
                     modal=modal, crf=crf, threads=threads, progress=progress, executor=executor,

@@ -98,6 +98,26 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     return read_bundle(path, str(path))
 
 
+@dataclass(frozen=True)
+class ModelFile:
+    """A ``.dsw`` read from disk once: its path, the sha256 of its bytes and the verified :class:`Bundle`."""
+
+    path: Path
+    sha256: str
+    bundle: Bundle
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> ModelFile:
+        path = Path(path)
+        if not path.is_file():
+            raise DinosawError(f"model bundle not found: {path}")
+        cap = sum(MAX_MEMBER_BYTES.values()) + (1 << 20)  # the members' caps and the zip's own records
+        if path.stat().st_size > cap:
+            raise DinosawError(f"{path}: {path.stat().st_size} bytes is larger than any model bundle (cap {cap >> 20} MiB)")
+        data = path.read_bytes()
+        return cls(path, hashlib.sha256(data).hexdigest(), read_bundle(data, str(path)))
+
+
 def read_bundle(source: str | os.PathLike | bytes, name: str = "model bundle") -> Bundle:
     """Read and verify a ``.dsw`` bundle from a file or its bytes (``name`` is what errors call it)."""
     path = name

@@ -36,7 +36,6 @@ from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.files import (
     atomic_path,
     check_output,
-    file_sha256,
     fingerprint,
     is_owned,
     make_owned_dir,
@@ -57,6 +56,7 @@ from dinosaw_deploy.preflight import (
     label_bytes,
     out_of_space,
 )
+from dinosaw_deploy.segment.bundle import ModelFile
 from dinosaw_deploy.segment.classifier import ClassifierParams
 from dinosaw_deploy.segment.contrast import ClaheConfig
 from dinosaw_deploy.segment.label_preview import write_label_preview
@@ -389,7 +389,7 @@ def segment_scan(
 
 def apply_scan(
     image: str | os.PathLike,
-    model: str | os.PathLike,
+    model: str | os.PathLike | ModelFile,
     output: str | os.PathLike,
     *,
     extractor: FeatureExtractor | None = None,
@@ -405,16 +405,19 @@ def apply_scan(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ScanResult:
     """Segment ``image`` with a model saved by :func:`segment_scan` (``save_model``), :func:`fit_scans`
-    or :meth:`Segmenter.save`; with ``ground_truth`` also report per-class IoU and mIoU."""
-    image, model, output = Path(image), Path(model), Path(output)
+    or :meth:`Segmenter.save` (a path, or a :class:`ModelFile` already read); with ``ground_truth`` also report
+    per-class IoU and mIoU."""
+    image, output = Path(image), Path(output)
     ground_truth = None if ground_truth is None else Path(ground_truth)
-    inputs = [image, model] + ([Path(extractor.model_path)] if extractor is not None else [])
+    inputs = [image] + ([Path(extractor.model_path)] if extractor is not None else [])
     inputs += [ground_truth] if ground_truth is not None else []
     for path in inputs:
         if not path.is_file():
             raise DinosawError(f"not found: {path}")
-    seg = Segmenter.load(model, extractor, threads=threads)
-    options = {"name": "apply", "model_sha256": file_sha256(model), "modal": modal, "crf": crf,
+    model = model if isinstance(model, ModelFile) else ModelFile.read(model)
+    inputs.insert(1, model.path)
+    seg = Segmenter.from_bundle(model.bundle, str(model.path), extractor, threads=threads)
+    options = {"name": "apply", "model_sha256": model.sha256, "modal": modal, "crf": crf,
                "probabilities": probabilities}
     with output_lock(output_paths(output, probabilities).values()):
         work, result = _run(image, output, inputs, options, overwrite=overwrite, probabilities=probabilities,
@@ -500,7 +503,7 @@ def scan_stem(image: Path) -> str:
 
 def apply_scans(
     images: Sequence[str | os.PathLike],
-    model: str | os.PathLike,
+    model: str | os.PathLike | ModelFile,
     output: str | os.PathLike,
     *,
     ground_truths: Sequence[str | os.PathLike] = (),
@@ -520,6 +523,7 @@ def apply_scans(
     if ground_truths and len(ground_truths) != len(images):
         raise DinosawError(f"{len(ground_truths)} ground truths for {len(images)} images; pass one per image")
     truths = [Path(t) for t in ground_truths] or [None] * len(images)
+    model = model if isinstance(model, ModelFile) else ModelFile.read(model)  # read once for every image
     if output.name.lower().endswith(SUFFIXES) or not as_folder:
         if len(images) > 1:
             raise DinosawError(f"{len(images)} images need an output folder, not the file {output.name}")

@@ -393,15 +393,17 @@ class Segmenter:
         """A trained segmenter from a ``.dsw`` bundle; ``extractor`` must be the model's engine
         (same weights; fp32 or fp16) when the bundle uses ViT features. The bundle is untrusted:
         its config, arrays and booster structure are validated before anything is built from them."""
-        return cls._from_bundle(load_bundle(path), str(path), extractor, options)
+        return cls.from_bundle(load_bundle(path), str(path), extractor, **options)
 
     @classmethod
     def from_bytes(cls, data: bytes, extractor: Any = None, **options: Any) -> Segmenter:
         """A trained segmenter from :meth:`to_bytes` (validated as :meth:`load` validates a file)."""
-        return cls._from_bundle(read_bundle(data), "model bundle", extractor, options)
+        return cls.from_bundle(read_bundle(data), "model bundle", extractor, **options)
 
     @classmethod
-    def _from_bundle(cls, bundle: Bundle, path: str, extractor: Any, options: dict[str, Any]) -> Segmenter:
+    def from_bundle(cls, bundle: Bundle, path: str, extractor: Any = None, **options: Any) -> Segmenter:
+        """A trained segmenter from a read :class:`Bundle` (``path`` names it in errors), validated as
+        :meth:`load` validates a file."""
         xgboost = _xgboost()
         config = bundle.config
         check_config(config, path)
