@@ -96,8 +96,19 @@ def distance_matrix(
     return out
 
 
+def distance_jitter(h: int, w: int, num_prefix_tokens: int, sigma: float, seed: int) -> np.ndarray:
+    """(T, T) float64 N(0, ``sigma``) noise for the distances between patches: symmetric, one seeded draw per grid
+    size, zero in the prefix rows and columns."""
+    t = h * w
+    noise = np.random.default_rng((int(seed), int(h), int(w))).standard_normal((t, t)) * float(sigma)
+    jitter = np.zeros((num_prefix_tokens + t,) * 2)
+    # symmetrised: still N(0, sigma) off the diagonal
+    jitter[num_prefix_tokens:, num_prefix_tokens:] = (noise + noise.T) / np.sqrt(2.0)
+    return jitter
+
+
 @lru_cache(maxsize=32)
-def _cached_bias(h: int, w: int, num_heads: int, config: BiasConfig) -> np.ndarray:
+def _cached_bias(h: int, w: int, num_heads: int, config: BiasConfig, jitter: float, seed: int) -> np.ndarray:
     if config.kind == "none":
         bias = np.zeros((1, 1) + (config.num_prefix_tokens + h * w,) * 2, dtype=np.float32)
         bias.flags.writeable = False
@@ -110,6 +121,8 @@ def _cached_bias(h: int, w: int, num_heads: int, config: BiasConfig) -> np.ndarr
         normalize=config.normalize,
         num_prefix_tokens=config.num_prefix_tokens,
     )
+    if jitter:
+        dist = dist + distance_jitter(h, w, config.num_prefix_tokens, jitter, seed)
     if config.slopes == "constant":
         bias = dist[None, None]
     else:
@@ -119,34 +132,17 @@ def _cached_bias(h: int, w: int, num_heads: int, config: BiasConfig) -> np.ndarr
     return bias
 
 
-def attention_bias(h: int, w: int, num_heads: int = 6, config: BiasConfig | None = None) -> np.ndarray:
+def attention_bias(h: int, w: int, num_heads: int = 6, config: BiasConfig | None = None, *,
+                   jitter: float = 0.0, seed: int = 0) -> np.ndarray:
     """The ``attn_bias`` input for an (h, w) grid: float32 (1, 1 or num_heads, T, T), read-only.
 
     Constant slopes give one matrix broadcast over heads (1, 1, T, T); geometric slopes give
     one per head; ``kind="none"`` gives zeros (1, 1, T, T). Results are cached per grid, so repeated tiles of
     one size cost nothing.
+
+    ``jitter`` > 0 adds :func:`distance_jitter` noise to the ALiBi distances (paper S4). The paper jitters the
+    distance matrix in every layer; the engine contract takes one bias for all blocks, so this is a single draw
+    shared by the layers: one per grid size and ``seed``, the same for every tile, so tiled and cached features
+    stay exact and runs repeatable.
     """
-    return _cached_bias(int(h), int(w), int(num_heads), config or BiasConfig())
-
-
-@lru_cache(maxsize=32)
-def jittered_bias(h: int, w: int, num_heads: int, config: BiasConfig, sigma: float, seed: int) -> np.ndarray:
-    """:func:`attention_bias` with N(0, ``sigma``) noise on the normalised distances between patches (symmetric,
-    prefix rows and columns kept zero), read-only.
-
-    The paper (S4) jitters the distance matrix in every layer; the engine contract takes one bias for all blocks,
-    so this is a single draw shared by the layers: one per grid size and seed, the same for every tile, so tiled
-    and cached features stay exact and runs repeatable.
-    """
-    t = h * w
-    noise = np.random.default_rng((int(seed), int(h), int(w))).standard_normal((t, t)) * float(sigma)
-    noise = (noise + noise.T) / np.sqrt(2.0)  # symmetric, still N(0, sigma) per entry off the diagonal
-    p = config.num_prefix_tokens
-    jitter = np.zeros((p + t,) * 2)
-    jitter[p:, p:] = noise
-    slopes = head_slopes(num_heads, config.slopes)
-    base = attention_bias(h, w, num_heads, config).astype(np.float64)
-    bias = base + (jitter[None, None] if config.slopes == "constant" else slopes[None, :, None, None] * jitter)
-    bias = np.ascontiguousarray(bias, dtype=np.float32)
-    bias.flags.writeable = False
-    return bias
+    return _cached_bias(int(h), int(w), int(num_heads), config or BiasConfig(), float(jitter), int(seed))

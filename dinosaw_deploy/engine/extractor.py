@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from dinosaw_deploy.engine.backends import Backend, open_backend
-from dinosaw_deploy.engine.bias import BiasConfig, attention_bias, jittered_bias
+from dinosaw_deploy.engine.bias import BiasConfig, attention_bias
 from dinosaw_deploy.engine.contract import INPUT_NAMES, MAX_WHOLE_IMAGE_TOKENS, OUTPUT_NAME
 from dinosaw_deploy.engine.debias import PositionalSubspace
 from dinosaw_deploy.engine.manifest_schema import check_engine_manifest
@@ -42,7 +42,7 @@ class FeatureExtractor:
             :data:`~dinosaw_deploy.engine.contract.MAX_WHOLE_IMAGE_TOKENS`); larger images: use the tiled path.
         bias_jitter: standard deviation of Gaussian noise added to the ALiBi distance matrix (paper S4: removes
             faint structure on flat inputs); one seeded draw per grid size (see
-            :func:`~dinosaw_deploy.engine.bias.jittered_bias`), so tiles stay exact and repeatable.
+            :func:`~dinosaw_deploy.engine.bias.attention_bias`), so tiles stay exact and repeatable.
         jitter_seed: the seed of those draws.
         debias: a :class:`~dinosaw_deploy.engine.debias.PositionalSubspace` (or its ``.npz``) projected out of
             every feature vector.
@@ -88,7 +88,8 @@ class FeatureExtractor:
         self.mean = tuple(pre["mean"])
         self.std = tuple(pre["std"])
         if not (np.isfinite(bias_jitter) and 0 <= bias_jitter <= 1):
-            raise DinosawError(f"bias_jitter must be in [0, 1] (the distances are normalised to [0, 1]), got {bias_jitter}")
+            raise DinosawError(f"bias_jitter must be in [0, 1] (the distances are normalised to [0, 1]), "
+                               f"got {bias_jitter}")
         if bias_jitter and self.bias_config.kind != "alibi":
             raise DinosawError(f"{self.model_path.name}: bias jitter perturbs ALiBi distances, and this engine's "
                                f"family ({self.manifest.get('family', 'alibi-dv2')}) has none")
@@ -127,9 +128,7 @@ class FeatureExtractor:
 
     def bias(self, h: int, w: int) -> np.ndarray:
         """The cached ``attn_bias`` input for an (h, w) patch grid (jittered if asked)."""
-        if self.bias_jitter:
-            return jittered_bias(h, w, self.num_heads, self.bias_config, self.bias_jitter, self.jitter_seed)
-        return attention_bias(h, w, self.num_heads, self.bias_config)
+        return attention_bias(h, w, self.num_heads, self.bias_config, jitter=self.bias_jitter, seed=self.jitter_seed)
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """Image -> normalised (3, 14h, 14w) float32, by the model's manifest."""

@@ -313,7 +313,8 @@ def _run(image: Path, output: Path, inputs: list[Path], options: dict[str, Any],
             shift = None if train is not None else _exposure_check(seg, prepared, image, echo)
             merger = _merger(paths, seg, tuple(reader.shape), reader.info.pixel_size, work)
             _predict(prepared, merger, modal=modal, crf=crf, echo=echo, progress=progress, executor=executor)
-            quality = scan_quality(merger.finalize()[0], seg.label_classes, ground_truth, echo)  # before an OME-Zarr target moves
+            # scored before an OME-Zarr target moves
+            quality = scan_quality(merger.finalize()[0], seg.label_classes, ground_truth, echo)
             _write_outputs(paths, seg, prepared.gray, reader, merger, echo, checked)
             result = ScanResult(paths, list(seg.label_classes), tuple(reader.shape), reader.info.pixel_size,
                                 {**quality, **({} if shift is None else {"intensity_shift": shift})})
