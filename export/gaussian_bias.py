@@ -28,34 +28,36 @@ def locat_eps(grid: tuple[int, int]) -> float:
     return eps
 
 
+def kernel_geometry(h, w, training_grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """What every block's kernel shares on an (h, w) grid, computed once per forward: (h*w, h*w, 2) minus half the
+    squared row and column distances between patches, clamped; and the variance's scale min(grid) / min(training
+    grid)."""
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    coords = torch.stack((rows.reshape(-1), cols.reshape(-1)), dim=1).to(torch.float32)
+    clamp = max(-0.5 * (max(training_grid) - 1) ** 2, -6550.0)
+    distances = torch.clamp(-0.5 * (coords[None, :, :] - coords[:, None, :]) ** 2, min=clamp)
+    scale = torch.minimum(torch.as_tensor(h), torch.as_tensor(w)).to(torch.float32) / min(training_grid)
+    return distances, scale
+
+
 class GaussianBias(nn.Module):
-    """``forward(q (B, heads, T, head_dim), h, w) -> (B, heads, T, T)`` float32 logits to add."""
+    """``forward(q (B, heads, T, head_dim), distances, scale) -> (B, heads, T, T)`` float32 logits to add, with
+    ``distances`` and ``scale`` from :func:`kernel_geometry`."""
 
     def __init__(self, head_dim: int, training_grid: tuple[int, int], num_prefix_tokens: int) -> None:
         super().__init__()
         self.log_var = nn.Linear(head_dim, 2)
         self.log_alpha = nn.Linear(head_dim, 1)
-        self.training_grid = tuple(training_grid)
         self.num_prefix_tokens = num_prefix_tokens
-        self.eps = locat_eps(self.training_grid)
-        self.coef = float(max(self.training_grid) ** 2)
+        self.eps = locat_eps(tuple(training_grid))
+        self.coef = float(max(training_grid) ** 2)
         self.shift = math.log(self.coef - 1) if self.coef > 2 else 0.0
-        self.clamp = max(-0.5 * (max(self.training_grid) - 1) ** 2, -6550.0)
 
-    def numerator(self, h, w) -> torch.Tensor:
-        """(h*w, h*w, 2): minus half the squared row and column distances between patches, clamped."""
-        rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        coords = torch.stack((rows.reshape(-1), cols.reshape(-1)), dim=1).to(torch.float32)
-        d = -0.5 * (coords[None, :, :] - coords[:, None, :]) ** 2
-        return torch.clamp(d, min=self.clamp)
-
-    def forward(self, q: torch.Tensor, h, w) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, distances: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         patches = q[:, :, self.num_prefix_tokens :, :].to(self.log_var.weight.dtype)
-        var = self.coef * torch.sigmoid(self.log_var(patches).float() - self.shift)
-        scale = torch.minimum(torch.as_tensor(h), torch.as_tensor(w)).to(torch.float32) / min(self.training_grid)
-        var = var * scale  # (B, heads, n, 2)
+        var = self.coef * torch.sigmoid(self.log_var(patches).float() - self.shift) * scale  # (B, heads, n, 2)
         alpha = F.softplus(self.log_alpha(patches).float())  # (B, heads, n, 1)
-        gaussian = torch.exp((self.numerator(h, w)[None, None] / (var[:, :, :, None, :] + self.eps)).sum(dim=-1))
+        gaussian = torch.exp((distances[None, None] / (var[:, :, :, None, :] + self.eps)).sum(dim=-1))
         kernel = alpha * gaussian
         p = self.num_prefix_tokens
         return F.pad(kernel, (p, 0, p, 0)) if p else kernel

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .gaussian_bias import GaussianBias
+from .gaussian_bias import GaussianBias, kernel_geometry
 from .pos_embed import resize_pos_embed
 
 FAMILIES = ("alibi-dv2", "dinov2", "nope", "locat")
@@ -151,16 +151,16 @@ class Attention(nn.Module):
         self.gaug = (GaussianBias(self.head_dim, config.locat_grid, config.num_prefix_tokens)
                      if config.locat_grid is not None else None)
 
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None, grid: tuple) -> torch.Tensor:
-        """``attn_bias=None`` adds no bias (the DINOv2 teacher in ``export.train``); ``grid`` is the (h, w)
-        patch grid, which the Gaussian kernel needs."""
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None, geometry: tuple | None = None) -> torch.Tensor:
+        """``attn_bias=None`` adds no bias (the DINOv2 teacher in ``export.train``); ``geometry``: the Gaussian
+        kernel's :func:`~.gaussian_bias.kernel_geometry` of this grid (locat only)."""
         batch, tokens, dim = x.shape
         qkv = self.qkv(x.to(self.qkv.weight.dtype))
         qkv = qkv.reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         logits = (q * self.scale) @ k.transpose(-2, -1)
         if self.gaug is not None:
-            logits = logits.float() + self.gaug(q, *grid)
+            logits = logits.float() + self.gaug(q, *geometry)
         if attn_bias is not None:
             bias = attn_bias if self.m is None else self.m * attn_bias
             logits = logits + bias.to(logits.dtype)
@@ -180,8 +180,8 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, config.mlp_hidden_dim)
         self.ls2 = LayerScale(dim) if config.layer_scale else nn.Identity()
 
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None, grid: tuple) -> torch.Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x), attn_bias, grid)).float()
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None, geometry: tuple | None = None) -> torch.Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x), attn_bias, geometry)).float()
         return x + self.ls2(self.mlp(self.norm2(x))).float()
 
 
@@ -237,8 +237,10 @@ class ViT(nn.Module):
         x = torch.cat(
             [self.cls_token.expand(batch, -1, -1), self.reg_token.expand(batch, -1, -1), patches], dim=1
         )
+        locat = self.config.locat_grid
+        geometry = kernel_geometry(h, w, locat) if locat is not None else None  # shared by every block
         for block in self.blocks:
-            x = block(x, attn_bias, (h, w))
+            x = block(x, attn_bias, geometry)
         x = self.norm(x)
         if self.config.prr:
             x = refine_prr(x, self.config.num_heads)
