@@ -85,10 +85,12 @@ def run_compare(
         for extractor in extractors:
             name = engine_label(extractor)
             rng = np.random.default_rng(seed)  # the same token samples for every engine
-            results, first_features = [], None
+            results, first_features, first_image = [], None, None
             for path in images:
-                features = extractor(read_whole_image(path, extractor))
-                first_features = features if first_features is None else first_features
+                image = read_whole_image(path, extractor)
+                features = extractor(image)
+                if first_features is None:
+                    first_features, first_image = features, image
                 results.append(probe_features(features, rng=rng, repeats=repeats))
             summary = summarize(results, top=top)
             row = {"engine": name, "path": str(extractor.model_path),
@@ -96,7 +98,7 @@ def run_compare(
                    "feature_settings": extractor.feature_settings, **summary}
             labels_map = None
             if scribbles is not None:
-                labels_map = _segment(extractor, read_whole_image(images[0], extractor), scribbles, seed)
+                labels_map = _segment(extractor, first_image, scribbles, seed)
             rows.append((row, first_features, labels_map))
             echo(f"{name}: R²(x,y) = {summary['r2_xy']['mean']:.3f} ± {summary['r2_xy']['std']:.3f}; "
                  + ", ".join(f"{r} {summary['r2'][r]['mean']:.3f}" for r in RAMPS)

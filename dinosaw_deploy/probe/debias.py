@@ -123,8 +123,7 @@ def fit_subspace(
         "seed": seed,
         **({"source": source} if source else {}),
     }
-    return PositionalSubspace(mean.astype(np.float32), np.linalg.qr(basis)[0].astype(np.float32) if basis.size
-                              else basis.astype(np.float32), report)
+    return PositionalSubspace(mean.astype(np.float32), basis.astype(np.float32), report)  # eigh: orthonormal
 
 
 MAX_MAP_TOKENS = 1 << 20  # a stored feature map is read at a stride that keeps it below this many tokens
