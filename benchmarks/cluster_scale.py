@@ -86,8 +86,7 @@ def child(args: argparse.Namespace) -> None:
     from dinosaw_deploy.cluster import DaskExecutor, connect
     from dinosaw_deploy.engine.extractor import FeatureExtractor
     from dinosaw_deploy.image.reader import open_image
-    from dinosaw_deploy.segment.classifier import ClassifierParams
-    from dinosaw_deploy.segment.run import segment_scan
+    from dinosaw_deploy.segment.run import RunOptions, segment_scan
     from dinosaw_deploy.tiling.pipeline import extract_tiled
 
     started = time.perf_counter()
@@ -106,8 +105,7 @@ def child(args: argparse.Namespace) -> None:
         stats = {"blocks": summary.get("blocks", 0), "stage_seconds": summary["seconds"],
                  "block_seconds": summary.get("block_seconds", 0.0), "tiles": summary["tiles_computed"]}
     else:
-        segment_scan(args.scan, args.labels, args.out, classifier=ClassifierParams(), threads=2, executor=executor,
-                     overwrite=True)
+        segment_scan(args.scan, args.labels, args.out, run=RunOptions(threads=2, executor=executor, overwrite=True))
         if executor:
             s = executor.stats["predict"]
             stats = {"blocks": s["blocks"], "stage_seconds": s["seconds"], "block_seconds": s["block_seconds"]}

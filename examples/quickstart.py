@@ -23,6 +23,7 @@ import tifffile
 from dinosaw_deploy import DinosawError, FeatureExtractor, segment_scan
 from dinosaw_deploy.export.build import run_export
 from dinosaw_deploy.segment.metrics import class_iou
+from dinosaw_deploy.segment.run import RunOptions
 from dinosaw_deploy.synthetic import CLASS_NAMES, synthetic_scribbles, write_synthetic_tiff
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def main() -> None:
     output = args.out / "sample_segmentation.ome.tif"
     print(f"3. segment_scan({scan.name}, {scribbles.name}) -- what `dinosaw-deploy segment` runs")
     segment_scan(scan, scribbles, output, extractor=FeatureExtractor(engine), save_model=args.out / "sample_model.dsw",
-                 overwrite=True, echo=lambda line: print("   " + line))
+                 run=RunOptions(overwrite=True, echo=lambda line: print("   " + line)))
 
     ious = class_iou(tifffile.imread(output), truth)
     per_class = ", ".join(f"{name} {iou:.3f}" for name, iou in zip(CLASS_NAMES, ious))

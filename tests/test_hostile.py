@@ -588,7 +588,7 @@ def test_read_only_or_full_target_is_one_line(bundle, tmp_path, monkeypatch, cod
         raise OSError(code, text, str(path))
 
     monkeypatch.setattr(ome_writer, "write_ome_pyramid", failing)
-    monkeypatch.setattr("dinosaw_deploy.segment.run.write_ome_pyramid", failing)
+    monkeypatch.setattr("dinosaw_deploy.segment.job.write_ome_pyramid", failing)
     out = tmp_path / "seg.ome.tif"
     result = CliRunner().invoke(main, ["apply", str(root / "scan.tif"), "--model", str(model), "-o", str(out)])
     assert result.exit_code == 1

@@ -23,8 +23,8 @@ from dinosaw_deploy.image.intensity import (
 from dinosaw_deploy.image.reader import ArrayRegions
 from dinosaw_deploy.segment.bundle import CONFIG, bundle_bytes, read_bundle
 from dinosaw_deploy.segment.classifier import ClassifierParams
+from dinosaw_deploy.segment.job import SHIFT_WARNING
 from dinosaw_deploy.segment.metrics import class_iou
-from dinosaw_deploy.segment.run import SHIFT_WARNING
 from dinosaw_deploy.segment.segmenter import Segmenter
 from dinosaw_deploy.synthetic import synthetic_micrograph, synthetic_scribbles
 from dinosaw_deploy.tiling.store import ArrayGrid

@@ -35,14 +35,15 @@ def fit_command(pairs: tuple[tuple[Path, Path], ...], output: Path, engine: Path
                 bias_jitter: float, debias: Path | None, max_pixels: int) -> None:
     """Train one model on the scribbles of one or more images; apply it with `dinosaw-deploy apply`."""
     from dinosaw_deploy.segment.classifier import ClassifierParams
-    from dinosaw_deploy.segment.run import fit_scans
+    from dinosaw_deploy.segment.run import ModelOptions, RunOptions, fit_scans
 
     if engine is not None and no_vit:
         raise DinosawError("--engine and --no-vit contradict each other; pass one")
     for path in (p for pair in pairs for p in pair):  # before the engine, whose notice would bury this error
         require_file(path, "input")
+    model = ModelOptions(contrast=contrast, normalize=normalize,
+                         classifier=ClassifierParams(rounds=rounds, max_depth=max_depth))
     with TileProgress() as progress:
         fit_scans(pairs, output, extractor=open_engine(engine, no_vit, backend, bias_jitter=bias_jitter, debias=debias),
-                  contrast=contrast, normalize=normalize,
-                  classifier=ClassifierParams(rounds=rounds, max_depth=max_depth), device=device, threads=threads,
-                  overwrite=overwrite, echo=click.echo, progress=progress, max_pixels=max_pixels)
+                  model=model, run=RunOptions(overwrite=overwrite, threads=threads, device=device, echo=click.echo,
+                                              progress=progress, max_pixels=max_pixels))

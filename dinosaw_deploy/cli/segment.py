@@ -49,19 +49,20 @@ def segment_command(image: Path, labels_path: Path, output: Path, engine: Path |
                     connect_timeout: float, max_pixels: int) -> None:
     """Train on the scribbled pixels of IMAGE and segment all of it into a pyramidal OME-TIFF."""
     from dinosaw_deploy.segment.classifier import ClassifierParams
-    from dinosaw_deploy.segment.run import segment_scan
+    from dinosaw_deploy.segment.run import ModelOptions, PredictOptions, RunOptions, segment_scan
 
     if engine is not None and no_vit:
         raise DinosawError("--engine and --no-vit contradict each other; pass one")
     for path in (image, labels_path, *([ground_truth] if ground_truth else [])):  # before the engine's notice
         require_file(path, "input")
+    model = ModelOptions(contrast=contrast, normalize=normalize,
+                         classifier=ClassifierParams(rounds=rounds, max_depth=max_depth))
     with TileProgress() as progress, cluster_executor(cluster, block, threads, backend, connect_timeout) as executor:
-        segment_scan(image, labels_path, output, extractor=open_engine(engine, no_vit, backend, bias_jitter=bias_jitter,
-                                                                  debias=debias), save_model=save_model,
-                     probabilities=probabilities, modal=modal, crf=crf, contrast=contrast, normalize=normalize,
-                     classifier=ClassifierParams(rounds=rounds, max_depth=max_depth), device=device,
-                     threads=threads, overwrite=overwrite, ground_truth=ground_truth, echo=click.echo,
-                     progress=progress, executor=executor, max_pixels=max_pixels)
+        extractor = open_engine(engine, no_vit, backend, bias_jitter=bias_jitter, debias=debias)
+        segment_scan(image, labels_path, output, extractor=extractor, save_model=save_model, ground_truth=ground_truth,
+                     model=model, predict=PredictOptions(probabilities=probabilities, modal=modal, crf=crf),
+                     run=RunOptions(overwrite=overwrite, threads=threads, device=device, echo=click.echo,
+                                    progress=progress, executor=executor, max_pixels=max_pixels))
 
 
 @click.command("apply")
@@ -90,15 +91,15 @@ def apply_command(images: tuple[Path, ...], model_path: Path, output: Path, engi
                   connect_timeout: float, max_pixels: int) -> None:
     """Segment one or more IMAGES with a model saved by `fit` or `segment --save-model`."""
     from dinosaw_deploy.segment.bundle import ModelFile
-    from dinosaw_deploy.segment.run import apply_scans
+    from dinosaw_deploy.segment.run import PredictOptions, RunOptions, apply_scans
 
     for path in (*images, model_path, *ground_truths):
         require_file(path, "input")
     model = ModelFile.read(model_path)  # the one read of the bundle
     uses_vit = model.bundle.config.get("vit") is not None
     with TileProgress() as progress, cluster_executor(cluster, block, threads, backend, connect_timeout) as executor:
-        apply_scans(images, model, output, ground_truths=ground_truths, overwrite=overwrite, echo=click.echo,
-                    extractor=open_engine(engine, not uses_vit, backend, required=True, bias_jitter=bias_jitter,
-                                          debias=debias), probabilities=probabilities,
-                    modal=modal, crf=crf, threads=threads, progress=progress, executor=executor,
-                    max_pixels=max_pixels)
+        extractor = open_engine(engine, not uses_vit, backend, required=True, bias_jitter=bias_jitter, debias=debias)
+        apply_scans(images, model, output, extractor=extractor, ground_truths=ground_truths,
+                    predict=PredictOptions(probabilities=probabilities, modal=modal, crf=crf),
+                    run=RunOptions(overwrite=overwrite, threads=threads, echo=click.echo, progress=progress,
+                                   executor=executor, max_pixels=max_pixels))

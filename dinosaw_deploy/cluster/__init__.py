@@ -4,7 +4,7 @@ one process. Layer 5: imports segment, tiling, engine, image; dask only when a c
 
 >>> from dinosaw_deploy.cluster import DaskExecutor, connect
 >>> with connect("local:2") as client:
-...     segment_scan("scan.tif", "scribbles.png", "seg.ome.zarr", executor=DaskExecutor(client))
+...     segment_scan("scan.tif", "scribbles.png", "seg.ome.zarr", run=RunOptions(executor=DaskExecutor(client)))
 """
 from dinosaw_deploy.cluster.connect import connect, parse_spec
 from dinosaw_deploy.cluster.executor import DaskExecutor, DaskTiles, cluster_executor

@@ -66,7 +66,7 @@ def connect(spec: str, timeout: float = CONNECT_TIMEOUT_S) -> Iterator[Any]:
     scheduler that does not answer within ``timeout`` seconds is one clear error.
 
     >>> with connect("local:2") as client:
-    ...     segment_scan(..., executor=DaskExecutor(client))
+    ...     segment_scan(..., run=RunOptions(executor=DaskExecutor(client)))
     """
     kind, arg = parse_spec(spec)
     if not timeout > 0:

@@ -6,7 +6,8 @@ done, wait, and fail with the name of the block that failed.
 
     with connect("local:2") as client:
         extract_tiled(reader, fx, "feats.zarr", runner=DaskTiles(client))
-        segment_scan("scan.tif", "scribbles.png", "seg.ome.zarr", extractor=fx, executor=DaskExecutor(client))
+        segment_scan("scan.tif", "scribbles.png", "seg.ome.zarr", extractor=fx,
+                     run=RunOptions(executor=DaskExecutor(client)))
 
 Fitting (intensity range, CLAHE, PCA, XGBoost) and the final files stay on the client; it never
 holds more than one block's worth of any full-resolution plane.
@@ -134,8 +135,8 @@ class DaskTiles:
 
 
 class DaskExecutor:
-    """The :class:`dinosaw_deploy.segment.run.Executor` of a cluster: ``segment_scan(...,
-    executor=DaskExecutor(client))``. ``block``: block edge in px (default: 2688 for features,
+    """The :class:`dinosaw_deploy.segment.options.Executor` of a cluster: ``segment_scan(...,
+    run=RunOptions(executor=DaskExecutor(client)))``. ``block``: block edge in px (default: 2688 for features,
     1024 for labels); ``threads``: CPU threads per task (ONNX Runtime, XGBoost); ``backend``: the
     engine backend on the workers."""
 

@@ -325,28 +325,29 @@ class SegmentWidget(QWidget):
     def segment_whole_scan(self, output: str | Path) -> None:
         """Save the model beside ``output`` (``<stem>.dsw``), apply it to the whole scan in a worker,
         then open the result as a labels layer."""
-        from dinosaw_deploy.segment.run import apply_scan, output_paths, scan_stem
+        from dinosaw_deploy.segment.run import RunOptions, apply_scan, output_paths, scan_stem
 
         seg, image, output = self._trained(), self._image_path(), Path(output)
         output_paths(output, False)  # a name we can write, or a clear error now
         model = self.save_model(output.with_name(scan_stem(output) + ".dsw"))
 
         def job():
-            apply_scan(image, model, output, extractor=seg.extractor, overwrite=True, progress=self._report)
+            apply_scan(image, model, output, extractor=seg.extractor,
+                       run=RunOptions(overwrite=True, progress=self._report))
             return output
 
         self._batch(job, "segmenting the whole scan", self._open_result)
 
     def apply_to_files(self, images: list[str | Path], folder: str | Path) -> None:
         """Apply the trained model to ``images``, writing ``<folder>/<name>.ome.tif`` each."""
-        from dinosaw_deploy.segment.run import apply_scans
+        from dinosaw_deploy.segment.run import RunOptions, apply_scans
 
         seg, folder = self._trained(), Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         model = self.save_model(folder / "model.dsw")
 
         def job():
-            apply_scans(images, model, folder, extractor=seg.extractor, progress=self._report)
+            apply_scans(images, model, folder, extractor=seg.extractor, run=RunOptions(progress=self._report))
             return folder
 
         self._batch(job, f"applying the model to {len(images)} files",
