@@ -3,13 +3,20 @@ view, on the 2048² EBC mosaic of interactive_latency.py with a 1151 x 963 px vi
 
     python benchmarks/stroke_in_view.py
 """
-import sys, time, numpy as np
+import sys
+import time
+
+import numpy as np
+
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 from interactive_latency import ebc_mosaic, strokes
+
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "tools"))
 from scribbles import scribbles
+
 from dinosaw_deploy.napari_plugin.session import LiveSession
 from dinosaw_deploy.segment.labels import scribbles_from_array
+
 image, truth = ebc_mosaic()
 box = (449, 1600, 545, 1504)
 first = scribbles(truth, seed=0, frac=0.003)

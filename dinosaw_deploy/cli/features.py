@@ -56,6 +56,7 @@ def features_command(image: Path, output: Path, engine: Path, intensity_range, i
     interrupted run stopped, and writes a PCA preview PNG beside the store.
     """
     from dinosaw_deploy.engine.extractor import FeatureExtractor
+    from dinosaw_deploy.image.reader import PageChoice
     from dinosaw_deploy.tiling.run import TILED_DEFAULTS, extract_features
 
     engine = engine or DEFAULT_ENGINE
@@ -65,7 +66,7 @@ def features_command(image: Path, output: Path, engine: Path, intensity_range, i
     with (TileProgress(quiet=as_json) as progress,
           cluster_executor(cluster, block, None, backend, connect_timeout) as executor):
         summary = extract_features(
-            image, output, extractor, page=page, level=level, crop_databar=crop_databar, tiled=tiled,
+            image, output, extractor, select=PageChoice(page, level, crop_databar), tiled=tiled,
             preview=not no_preview, intensity_range=tuple(intensity_range) if intensity_range else None,
             percentiles=tuple(intensity_percentiles) if intensity_percentiles else None, overwrite=overwrite,
             progress=progress, max_pixels=max_pixels, **({"runner": executor.runner} if executor else {}),

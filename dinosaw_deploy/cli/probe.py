@@ -54,12 +54,12 @@ def probe_command(inputs, output, engine, tiles, roll, shifts, roll_tolerance, r
     probes ranking the most positional channels. R² near 0 or below: no positional bias.
     """
     from dinosaw_deploy.engine.extractor import FeatureExtractor
-    from dinosaw_deploy.probe.run import FEATURE_SUFFIXES, run_probe
+    from dinosaw_deploy.probe.run import FEATURE_SUFFIXES, ProbeSettings, run_probe
 
     intensity_range = tuple(intensity_range) if intensity_range else None
     if compare:
-        _compare(inputs, output, engine, tiles, roll, labels, repeats, seed, top, no_figure, overwrite, backend,
-                 bias_jitter, debias, intensity_range)
+        _compare(inputs, output, engine, tiles, roll, labels, ProbeSettings(repeats, seed, top, max_sample),
+                 no_figure, overwrite, backend, bias_jitter, debias, intensity_range)
         return
     if labels is not None:
         raise DinosawError("--labels belongs to --compare")
@@ -69,11 +69,11 @@ def probe_command(inputs, output, engine, tiles, roll, shifts, roll_tolerance, r
         extractor = FeatureExtractor(engine or DEFAULT_ENGINE, backend=backend, intensity_range=intensity_range,
                                      bias_jitter=bias_jitter, debias=debias)
     run_probe(inputs, output, extractor=extractor, tiles=tiles, roll=roll, shifts=shifts,
-              roll_tolerance=roll_tolerance, repeats=repeats, seed=seed, top=top, max_sample=max_sample,
+              roll_tolerance=roll_tolerance, settings=ProbeSettings(repeats, seed, top, max_sample),
               figure=not no_figure, overwrite=overwrite, echo=click.echo)
 
 
-def _compare(inputs, output, engine, tiles, roll, labels, repeats, seed, top, no_figure, overwrite, backend,
+def _compare(inputs, output, engine, tiles, roll, labels, settings, no_figure, overwrite, backend,
              bias_jitter, debias, intensity_range) -> None:
     from dinosaw_deploy.engine.extractor import FeatureExtractor
     from dinosaw_deploy.probe.compare import run_compare
@@ -88,5 +88,5 @@ def _compare(inputs, output, engine, tiles, roll, labels, repeats, seed, top, no
         path, _, subspace = spec.partition("+")
         extractors.append(FeatureExtractor(path, backend=backend, intensity_range=intensity_range,
                                            debias=subspace or None))
-    run_compare(extractors, images, output, labels=labels, repeats=repeats, seed=seed, top=top,
+    run_compare(extractors, images, output, labels=labels, settings=settings,
                 figure=not no_figure, overwrite=overwrite, echo=click.echo)

@@ -402,6 +402,19 @@ def open_image(path: str | os.PathLike, *, page: int = 0, level: int = 0, crop_d
     return ImageReader(path, page=page, level=level, crop_databar=crop_databar)
 
 
+@dataclass(frozen=True)
+class PageChoice:
+    """Which image of a file to read: the TIFF page (or series), the pyramid level (0 = full resolution),
+    and whether to crop an SEM databar."""
+
+    page: int = 0
+    level: int = 0
+    crop_databar: bool = False
+
+    def open(self, path: str | os.PathLike) -> ImageReader:
+        return open_image(path, page=self.page, level=self.level, crop_databar=self.crop_databar)
+
+
 def _vendor_metadata(tif, series: int = 0) -> tuple[str | None, tuple[float, float] | None, int | None]:
     """(vendor, (y, x) pixel size in metres, acquired image height) from FEI or Zeiss tags."""
     fei = tif.fei_metadata

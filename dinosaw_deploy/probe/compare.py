@@ -19,6 +19,7 @@ from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.files import check_output, output_lock
 from dinosaw_deploy.probe.positional import RAMPS, probe_features, summarize
 from dinosaw_deploy.probe.report import require_matplotlib, write_compare_figure, write_report
+from dinosaw_deploy.probe.run import ProbeSettings, read_whole_image
 
 Echo = Callable[[str], None]
 
@@ -48,17 +49,14 @@ def run_compare(
     output: str | Path,
     *,
     labels: str | Path | None = None,
-    repeats: int = 6,
-    seed: int = 0,
-    top: int = 8,
+    settings: ProbeSettings = ProbeSettings(),
     figure: bool = True,
     overwrite: bool = False,
     echo: Echo = lambda message: None,
 ) -> dict[str, Any]:
     """Probe ``images`` with every extractor and write the report ``output`` (.json) and its ``.png`` figure;
     ``labels``: scribbles of the first image, for the segmentation row."""
-    from dinosaw_deploy.probe.run import read_whole_image
-
+    repeats, seed = settings.repeats, settings.seed
     output, images = Path(output), [Path(p) for p in images]
     if len(extractors) < 1 or not images:
         raise DinosawError("--compare needs at least one ENGINE (.onnx/.plan) and one IMAGE")
@@ -91,8 +89,8 @@ def run_compare(
                 features = extractor(image)
                 if first_features is None:
                     first_features, first_image = features, image
-                results.append(probe_features(features, rng=rng, repeats=repeats))
-            summary = summarize(results, top=top)
+                results.append(probe_features(features, rng=rng, repeats=repeats, max_sample=settings.max_sample))
+            summary = summarize(results, top=settings.top)
             row = {"engine": name, "path": str(extractor.model_path),
                    "family": extractor.manifest.get("family", "alibi-dv2"),
                    "feature_settings": extractor.feature_settings, **summary}

@@ -3,6 +3,7 @@ JSON report (and a PNG figure). :func:`run_probe` is what ``dinosaw-deploy probe
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,17 @@ MAX_SAMPLE = 20000  # fit tokens per repeat; the paper's (h*w)//36 is below this
 ROLL_TOLERANCE = 1e-3
 ROLL_IMAGE_SIZE = 224  # px, the synthetic micrograph used by --roll when no image is given
 Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """The probe's protocol: random samplings per input (``repeats``), their ``seed``, how many of the most
+    positional channels to list (``top``), the cap on tokens each fit samples (``max_sample``)."""
+
+    repeats: int = 6
+    seed: int = 0
+    top: int = 8
+    max_sample: int = MAX_SAMPLE
 
 
 def load_features(path: Path, tiles: bool):
@@ -134,10 +146,7 @@ def run_probe(
     roll: bool = False,
     shifts: Sequence[tuple[int, int]] = (),
     roll_tolerance: float = ROLL_TOLERANCE,
-    repeats: int = 6,
-    seed: int = 0,
-    top: int = 8,
-    max_sample: int = MAX_SAMPLE,
+    settings: ProbeSettings = ProbeSettings(),
     figure: bool = True,
     overwrite: bool = False,
     echo: Echo = lambda message: None,
@@ -155,12 +164,11 @@ def run_probe(
         check_output(target, inputs + ([Path(extractor.model_path)] if extractor is not None else []), overwrite)
     with output_lock(targets):
         return _probe(inputs, output, figure, extractor=extractor, tiles=tiles, roll=roll, shifts=shifts,
-                      roll_tolerance=roll_tolerance, repeats=repeats, seed=seed, top=top, max_sample=max_sample,
-                      echo=echo)
+                      roll_tolerance=roll_tolerance, settings=settings, echo=echo)
 
 
 def _probe(inputs: list[Path], output: Path, figure: Path | None, *, extractor, tiles, roll, shifts, roll_tolerance,
-           repeats, seed, top, max_sample, echo: Echo) -> dict[str, Any]:
+           settings: ProbeSettings, echo: Echo) -> dict[str, Any]:
     if figure:
         require_matplotlib()
     for path in inputs:
@@ -173,8 +181,9 @@ def _probe(inputs: list[Path], output: Path, figure: Path | None, *, extractor, 
     if (images or roll) and extractor is None:
         raise DinosawError("image inputs and --roll need an engine (FeatureExtractor)")
 
+    repeats, seed = settings.repeats, settings.seed
     rng = np.random.default_rng(seed)
-    results, records, first = _probe_inputs(inputs, images, extractor, tiles, rng, repeats, max_sample, echo)
+    results, records, first = _probe_inputs(inputs, images, extractor, tiles, rng, repeats, settings.max_sample, echo)
     seam_values = [r["seam_ratio"] for r in records if r.get("seam_ratio") is not None]
 
     report: dict[str, Any] = {
@@ -183,7 +192,7 @@ def _probe(inputs: list[Path], output: Path, figure: Path | None, *, extractor, 
         "protocol": {
             "reference": "method.md §4 (paper Sec. 3.1): StandardScaler + Ridge fitted on sampled tokens, "
                          "R² scored on all tokens",
-            "sample": f"(h*w)//{SAMPLE_DIVISOR} tokens without replacement, at most {max_sample}",
+            "sample": f"(h*w)//{SAMPLE_DIVISOR} tokens without replacement, at most {settings.max_sample}",
             "alpha": ALPHA,
             "repeats": repeats,
             "seed": seed,
@@ -196,7 +205,7 @@ def _probe(inputs: list[Path], output: Path, figure: Path | None, *, extractor, 
         "engine": _engine_info(extractor) if extractor else None,
     }
     if results:
-        summary = summarize(results, top=top)
+        summary = summarize(results, top=settings.top)
         report.update(summary)
         echo(f"R²(x,y) over {len(results)} input(s) x {repeats} repeats: "
                    f"{summary['r2_xy']['mean']:.3f} ± {summary['r2_xy']['std']:.3f}; "

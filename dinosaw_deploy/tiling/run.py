@@ -18,7 +18,7 @@ from dinosaw_deploy.engine.preprocess import grid_shape
 from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.files import atomic_path, atomic_write_bytes, check_output, output_lock
 from dinosaw_deploy.image.intensity import fit_intensity_range
-from dinosaw_deploy.image.reader import ImageReader, open_image
+from dinosaw_deploy.image.reader import ImageReader, PageChoice
 from dinosaw_deploy.preflight import (
     DEFAULT_MAX_PIXELS,
     Planned,
@@ -39,9 +39,7 @@ def extract_features(
     output: str | os.PathLike,
     extractor: FeatureExtractor,
     *,
-    page: int = 0,
-    level: int = 0,
-    crop_databar: bool = False,
+    select: PageChoice = PageChoice(),
     tiled: dict[str, Any] | None = None,
     preview: bool = True,
     intensity_range: tuple[float, float] | None = None,
@@ -76,7 +74,7 @@ def extract_features(
         outputs.append(preview_path(output))
     for path in outputs:
         check_output(path, [image, extractor.model_path], overwrite)
-    with output_lock(outputs), open_image(image, page=page, level=level, crop_databar=crop_databar) as reader:
+    with output_lock(outputs), select.open(image) as reader:
         check_pixels(reader.shape, max_pixels, image.name)
         dtype = "float32" if suffix == ".npy" else tiled.get("dtype", TILED_DEFAULTS["dtype"])
         planned = [Planned(output, feature_store_bytes(reader.shape, extractor.patch_size, extractor.embed_dim, dtype),
