@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dinosaw_deploy.errors import DinosawError
-from dinosaw_deploy.segment.bundle import FORMAT_VERSION, MANIFEST, Bundle, load_bundle, save_bundle
+from dinosaw_deploy.segment.bundle import FORMAT, FORMAT_VERSION, MANIFEST, Bundle, load_bundle, save_bundle
 from dinosaw_deploy.segment.classifier import ClassifierParams
 from dinosaw_deploy.segment.segmenter import Segmenter
 from dinosaw_deploy.synthetic import synthetic_micrograph, synthetic_scribbles
@@ -36,7 +36,7 @@ def test_roundtrip_predicts_identically_and_holds_no_pickle(trained):
     np.testing.assert_array_equal(loaded.predict(image), seg.predict(image))
     assert [c.to_dict() for c in loaded.label_classes] == [c.to_dict() for c in seg.label_classes]
     with zipfile.ZipFile(path) as archive:
-        assert sorted(archive.namelist()) == ["arrays.npz", "classifier.ubj", "config.json", "manifest.json"]
+        assert sorted(archive.namelist()) == ["arrays.npz", "classifier.json", "config.json", "manifest.json"]
         assert json.loads(archive.read("config.json"))["filter_bank"]["sigmas"] == [0, 1, 2, 4, 8, 16]
 
 
@@ -91,8 +91,12 @@ def test_newer_or_foreign_bundles_are_refused(trained, tmp_path):
         Segmenter.load(junk)
     partial = tmp_path / "partial.dsw"
     with zipfile.ZipFile(partial, "w") as archive:
+        archive.writestr(MANIFEST, json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION}))
+    with pytest.raises(DinosawError, match=r"missing arrays.npz, classifier.json, config.json"):
+        Segmenter.load(partial)
+    with zipfile.ZipFile(partial, "w") as archive:
         archive.writestr(MANIFEST, "{}")
-    with pytest.raises(DinosawError, match="missing"):
+    with pytest.raises(DinosawError, match="not a dinosaw-deploy segmenter bundle"):
         Segmenter.load(partial)
     with pytest.raises(DinosawError, match="not found"):
         Segmenter.load(tmp_path / "absent.dsw")
@@ -104,3 +108,34 @@ def test_truncated_bundle_is_refused(trained, tmp_path):
     cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(DinosawError, match="dsw"):
         Segmenter.load(cut)
+
+
+def as_format_1(src, dst):
+    """``src`` rewritten as a format-1 bundle (the booster as XGBoost UBJSON in ``classifier.ubj``)."""
+    import hashlib
+
+    import xgboost
+
+    with zipfile.ZipFile(src) as zin:
+        data = {name: zin.read(name) for name in zin.namelist()}
+    booster = xgboost.Booster()
+    booster.load_model(bytearray(data.pop("classifier.json")))
+    data["classifier.ubj"] = bytes(booster.save_raw("ubj"))
+    data[MANIFEST] = json.dumps({"format": FORMAT, "format_version": 1, "sha256": {
+        n: hashlib.sha256(d).hexdigest() for n, d in data.items() if n != MANIFEST}}).encode()
+    with zipfile.ZipFile(dst, "w") as zout:
+        for name, raw in data.items():
+            zout.writestr(name, raw)
+    return dst
+
+
+def test_format_1_bundles_load_predict_the_same_and_resave_as_format_2(trained, tmp_path):
+    seg, path, image = trained
+    old = as_format_1(path, tmp_path / "old.dsw")
+    loaded = Segmenter.load(old)
+    np.testing.assert_array_equal(loaded.predict(image), seg.predict(image))
+    loaded.save(tmp_path / "new.dsw")
+    with zipfile.ZipFile(tmp_path / "new.dsw") as archive:
+        assert "classifier.json" in archive.namelist() and "classifier.ubj" not in archive.namelist()
+        assert json.loads(archive.read(MANIFEST))["format_version"] == FORMAT_VERSION == 2
+        assert archive.read("classifier.json") == zipfile.ZipFile(path).read("classifier.json")

@@ -6,6 +6,8 @@ import pytest
 from scipy import ndimage
 
 from dinosaw_deploy.errors import DinosawError
+from dinosaw_deploy.schema import convert, to_builtins
+from dinosaw_deploy.segment.bundle_schema import stored_filter_bank
 from dinosaw_deploy.segment.filters import FilterBank, FilterBankConfig, membrane_taps, mirror_indices, padded_region
 from dinosaw_deploy.synthetic import synthetic_micrograph
 
@@ -109,17 +111,19 @@ def test_image_smaller_than_halo_and_padding():
 def test_config_roundtrip_and_validation():
     config = FilterBankConfig(sigmas=(0, 2, 1), membrane_angles=12, structure_scales=(), variance_sigmas=(4, 1))
     assert config.sigmas == (0.0, 1.0, 2.0) and config.variance_sigmas == (1.0, 4.0)
-    assert FilterBankConfig.from_dict(config.to_dict()) == config
+    assert convert(to_builtins(config), FilterBankConfig, "filter_bank") == config
     bank = FilterBank(config)
     assert bank.num_channels == 3 * 7 + 1 + 6 + 2 and bank.halo == 16 + 2  # radius int(4σ + 0.5) + derivatives
     assert FilterBank(FilterBankConfig(sigmas=(0, 1), structure_scales=(8,), variance_sigmas=())).halo == 32 + 1 + 4
     old = {"sigmas": [0, 1, 2, 4, 8, 16], "truncate": 4.0, "membrane_length": 15, "membrane_angles": 30}
-    assert FilterBank(FilterBankConfig.from_dict(old)).num_channels == 58  # bundles saved before issue 12
+    assert FilterBank(convert(stored_filter_bank(old), FilterBankConfig, "f")).num_channels == 58  # older bundles
     for bad in ({"sigmas": (1, 1)}, {"sigmas": (-1,)}, {"membrane_length": 4}, {"structure_scales": (0,)},
                 {"variance_sigmas": (2, 2)}):
         with pytest.raises(DinosawError):
             FilterBankConfig(**bad)
-    with pytest.raises(DinosawError):
-        FilterBankConfig.from_dict({"sigmas": [1]})
+    with pytest.raises(DinosawError, match="filter_bank: filter sigmas must be distinct"):
+        convert({"sigmas": [1, 1.0]}, FilterBankConfig, "filter_bank")
+    with pytest.raises(DinosawError, match=r"filter_bank: sigmas\[0\]: expected `float` <= 64.0"):
+        convert({"sigmas": [100]}, FilterBankConfig, "filter_bank")
     with pytest.raises(DinosawError):
         FilterBank()(np.zeros((4, 4, 3)))

@@ -98,36 +98,74 @@ def _patch_array(raw: bytes, key: bytes, index: int, value: int) -> bytes:
     return raw[:start] + struct.pack(">i", value) + raw[start + 4:]
 
 
+def _model_edit(edit):
+    """A mutation of an XGBoost JSON booster: ``edit(model, first_tree)`` on the decoded model."""
+    def mutate(raw: bytes) -> bytes:
+        model = json.loads(raw)
+        edit(model, model["learner"]["gradient_booster"]["model"]["trees"][0])
+        return json.dumps(model).encode()
+    return mutate
+
+
+def _set_item(key, index, value):
+    return _model_edit(lambda model, tree: tree[key].__setitem__(index, value))
+
+
 BOOSTER_MUTATIONS = {
-    "child out of range": lambda raw: _patch_array(raw, b"left_children", 0, 100000),
-    "negative child": lambda raw: _patch_array(raw, b"right_children", 0, -7),
-    "cycle": lambda raw: _patch_array(raw, b"left_children", 1, 1),
-    "feature out of range": lambda raw: _patch_array(raw, b"split_indices", 0, 5000),
+    "child out of range": _set_item("left_children", 0, 100000),
+    "negative child": _set_item("right_children", 0, -7),
+    "cycle": _set_item("left_children", 1, 1),
+    "feature out of range": _set_item("split_indices", 0, 5000),
+    "fractional child index": _set_item("left_children", 0, 1.5),
+    "short array": _model_edit(lambda model, tree: tree["split_conditions"].pop()),
+    "dart booster": _model_edit(lambda model, tree: model["learner"]["gradient_booster"].update(name="dart")),
+    "wrong class count": _model_edit(lambda model, tree: model["learner"]["learner_model_param"].update(num_class="7")),
     "truncated": lambda raw: raw[: len(raw) // 2],
     "empty": lambda raw: b"",
     "garbage": lambda raw: bytes(range(256)) * 8,
+}
+UBJSON_MUTATIONS = {  # the same holes in the UBJSON booster of a format-1 bundle
+    "child out of range": lambda raw: _patch_array(raw, b"left_children", 0, 100000),
+    "cycle": lambda raw: _patch_array(raw, b"left_children", 1, 1),
+    "feature out of range": lambda raw: _patch_array(raw, b"split_indices", 0, 5000),
     "wrong class count": lambda raw: re.sub(rb"(num_classSL\x00{7}\x01)[0-9]", rb"\g<1>7", raw),
+    "truncated": lambda raw: raw[: len(raw) // 2],
 }
 
 
 def test_booster_mutations_are_caught_by_the_structure_check(bundle, tmp_path):
     """In-process: each altered booster is refused before XGBoost sees it (no crash possible)."""
     _, model, _ = bundle
-    raw = member(model, "classifier.ubj")
+    raw = member(model, "classifier.json")
     for name, mutate in BOOSTER_MUTATIONS.items():
         changed = mutate(raw)
         assert changed != raw, name
-        bad = rewrite_bundle(model, tmp_path / "bad.dsw", classifier_ubj=changed)
-        with pytest.raises(DinosawError, match="classifier"):
+        bad = rewrite_bundle(model, tmp_path / "bad.dsw", classifier_json=changed)
+        with pytest.raises(DinosawError, match="classifier") as caught:
             Segmenter.load(bad)
+        assert "\n" not in str(caught.value), name
+
+
+def test_ubjson_boosters_of_format_1_bundles_are_checked_too(bundle, tmp_path):
+    from tests.test_bundle import as_format_1
+
+    _, model, _ = bundle
+    old = as_format_1(model, tmp_path / "old.dsw")
+    Segmenter.load(old)  # the unaltered one loads
+    raw = member(old, "classifier.ubj")
+    for name, mutate in UBJSON_MUTATIONS.items():
+        changed = mutate(raw)
+        assert changed != raw, name
+        with pytest.raises(DinosawError, match="classifier.ubj"):
+            Segmenter.load(rewrite_bundle(old, tmp_path / "bad.dsw", classifier_ubj=changed))
 
 
 @pytest.mark.parametrize("mutation", ["child out of range", "truncated", "empty"])
 def test_altered_booster_is_one_clear_error_not_a_signal(bundle, tmp_path, mutation):
     """The cases that crashed XGBoost (SIGSEGV/SIGABRT) end in exit 1 + one Error line, inputs untouched."""
     root, model, _ = bundle
-    bad = rewrite_bundle(model, tmp_path / "bad.dsw", classifier_ubj=BOOSTER_MUTATIONS[mutation](
-        member(model, "classifier.ubj")))
+    bad = rewrite_bundle(model, tmp_path / "bad.dsw", classifier_json=BOOSTER_MUTATIONS[mutation](
+        member(model, "classifier.json")))
     before = sha(bad), sha(root / "scan.tif")
     result = cli("apply", root / "scan.tif", "--model", bad, "-o", tmp_path / "out.ome.tif")
     assert_one_line_error(result, "classifier")
@@ -230,7 +268,7 @@ def test_bundle_roundtrip_is_identical(bundle, tmp_path):
     _, model, image = bundle
     loaded = Segmenter.load(model)
     again = loaded.save(tmp_path / "again.dsw")
-    for name in ("config.json", "classifier.ubj", "arrays.npz"):
+    for name in ("config.json", "classifier.json", "arrays.npz"):
         assert member(again, name) == member(model, name), name
     np.testing.assert_array_equal(Segmenter.load(again).predict(image), loaded.predict(image))
 
@@ -262,13 +300,13 @@ def _edit(manifest: dict, path: str, value) -> dict:
 
 _DELETE = object()
 MANIFEST_CASES = {
-    "missing architecture": ("architecture", _DELETE, "architecture must be an object"),
+    "missing architecture": ("architecture", _DELETE, "architecture is missing"),
     "embed_dim as string": ("architecture.embed_dim", "96", "architecture.embed_dim"),
     "negative patch size": ("architecture.patch_size", -14, "architecture.patch_size"),
     "heads zero": ("architecture.num_heads", 0, "architecture.num_heads"),
     "std zero": ("preprocessing.std", [0.229, 0, 0.225], "preprocessing.std"),
     "mean of two": ("preprocessing.mean", [0.5, 0.5], "preprocessing.mean"),
-    "bias slopes": ("bias.slopes", "learned", "bias is invalid"),
+    "bias slopes": ("bias.slopes", "learned", "bias.slopes: invalid enum value"),
     "bias prefix tokens as list": ("bias.num_prefix_tokens", [5], "bias"),
     "format version string": ("format_version", "1", "format_version"),
     "embed_dim edited": ("architecture.embed_dim", 97, "architecture disagrees with the record embedded"),

@@ -10,7 +10,7 @@ from dinosaw_deploy.engine.backends import BACKENDS
 from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.image.intensity import DEFAULT_NORMALIZE, NORMALIZATIONS
 from dinosaw_deploy.preflight import DEFAULT_MAX_PIXELS
-from dinosaw_deploy.segment.classifier import ClassifierParams
+from dinosaw_deploy.segment.classifier import MAX_DEPTH, MAX_ROUNDS, ClassifierParams
 
 DEFAULT_ENGINE = Path("engines") / "alibi_dv2_vits14.onnx"
 
@@ -26,6 +26,8 @@ backend_option = click.option(
     help="Inference backend (auto: TensorRT plan, else ONNX Runtime TensorRT > CUDA > CPU, whichever exist).",
 )
 
+CLASSIFIER = ClassifierParams()  # the defaults shown in --help
+
 
 def training_options(command):
     """The classifier and threading options of ``segment`` and ``fit``."""
@@ -37,9 +39,9 @@ def training_options(command):
                      help="How each image's intensities map to [0, 1], fitted per image and stored in the model: "
                           "dtype = the pixel type's range; minmax, percentile (0.5-99.5 %) or zscore (mean +- 3 "
                           "std) of a sample of the whole image (robust to exposure changes between scans)."),
-        click.option("--rounds", type=click.IntRange(min=1), default=ClassifierParams.rounds, show_default=True,
-                     help=f"XGBoost rounds (learning rate {ClassifierParams.learning_rate})."),
-        click.option("--max-depth", type=click.IntRange(min=1), default=ClassifierParams.max_depth, show_default=True,
+        click.option("--rounds", type=click.IntRange(1, MAX_ROUNDS), default=CLASSIFIER.rounds, show_default=True,
+                     help=f"XGBoost rounds (learning rate {CLASSIFIER.learning_rate})."),
+        click.option("--max-depth", type=click.IntRange(1, MAX_DEPTH), default=CLASSIFIER.max_depth, show_default=True,
                      help="XGBoost tree depth."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                      help="XGBoost training device."),

@@ -7,20 +7,23 @@ verification.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Literal
 
+import msgspec
 import numpy as np
+from msgspec import Meta
+
+from dinosaw_deploy.schema import convert, to_builtins
 
 SlopeType = Literal["constant", "geometric"]
 Metric = Literal["euclidean", "manhattan"]
 BiasKind = Literal["alibi", "none"]
 BIAS_KINDS = ("alibi", "none")
+MAX_PREFIX_TOKENS = 1024
 
 
-@dataclass(frozen=True)
-class BiasConfig:
+class BiasConfig(msgspec.Struct, frozen=True):
     """How the ALiBi bias is built. Defaults are those of the released ALiBi-Dv2.
 
     kind: ``alibi``, or ``none`` (zeros: the engine's family has no host-side bias).
@@ -36,7 +39,7 @@ class BiasConfig:
     wrap: bool = True
     metric: Metric = "euclidean"
     normalize: bool = True
-    num_prefix_tokens: int = 5
+    num_prefix_tokens: Annotated[int, Meta(ge=0, le=MAX_PREFIX_TOKENS)] = 5
     kind: BiasKind = "alibi"
 
     def __post_init__(self) -> None:
@@ -50,11 +53,13 @@ class BiasConfig:
             raise ValueError("num_prefix_tokens must be >= 0")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return to_builtins(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "BiasConfig":
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+    def from_dict(cls, data: dict, source: str = "bias") -> BiasConfig:
+        """The config a manifest's ``bias`` record describes (other keys in it are ignored); a bad value is
+        one :class:`SchemaError` naming it."""
+        return convert(data, cls, source)
 
 
 def head_slopes(num_heads: int, slopes: SlopeType = "constant") -> np.ndarray:

@@ -2,8 +2,9 @@
 ONNX file's hash.
 
 * :func:`check_engine_manifest` — the fields the runtime feeds the engine from (architecture, bias,
-  preprocessing): types and ranges, one :class:`DinosawError` naming the field (a missing key, a
-  string for a number, ``std`` 0, a negative dimension...).
+  preprocessing), converted to :class:`EngineManifest` whose types carry the ranges: one
+  :class:`~dinosaw_deploy.schema.SchemaError` naming the field (a missing key, a string for a number,
+  ``std`` 0, a negative dimension...).
 * :func:`check_graph` — input/output names and ranks of the graph against the contract, and its
   static dimensions against the manifest (3 input channels, ``embed_dim`` output channels, bias
   heads 1 or ``num_heads``).
@@ -17,69 +18,56 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
 
 from dinosaw_deploy.engine.bias import BiasConfig
 from dinosaw_deploy.engine.contract import INPUT_NAMES, OUTPUT_NAME, check_io_names
 from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.files import cached_sha256
+from dinosaw_deploy.schema import Sha256, convert
 
-MAX_DIM = 1 << 16
+MAX_DIM, MAX_HEADS, MAX_PATCH = 1 << 16, 1024, 1024
 MIN_STD, MAX_NORM = 1e-6, 1e3
 FEATURE_FIELDS = ("architecture", "bias", "preprocessing", "checkpoint")
+Mean = Annotated[float, Meta(ge=-MAX_NORM, le=MAX_NORM)]
+Std = Annotated[float, Meta(ge=MIN_STD, le=MAX_NORM)]
 
 
-def _fail(source: str, field: str, wanted: str, value: Any) -> DinosawError:
-    text = repr(value)
-    return DinosawError(f"{source}: manifest field {field} must be {wanted}, got {text[:60]}")
+class Architecture(msgspec.Struct, frozen=True):
+    """The sizes the runtime feeds the graph by (the exporter records more: depth, family, ...)."""
+
+    embed_dim: Annotated[int, Meta(ge=1, le=MAX_DIM)]
+    num_heads: Annotated[int, Meta(ge=1, le=MAX_HEADS)]
+    patch_size: Annotated[int, Meta(ge=1, le=MAX_PATCH)]
 
 
-def _int(record: dict, key: str, path: str, source: str, lo: int = 1, hi: int = MAX_DIM) -> int:
-    value = record.get(key) if isinstance(record, dict) else None
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise _fail(source, f"{path}.{key}", f"an integer in {lo}..{hi}", value)
-    return value
+class Preprocessing(msgspec.Struct, frozen=True):
+    mean: tuple[Mean, Mean, Mean]
+    std: tuple[Std, Std, Std]
+    patch_size: int | None = None
 
 
-def _floats(record: dict, key: str, path: str, source: str, lo: float, hi: float) -> None:
-    value = record.get(key)
-    ok = (isinstance(value, list) and len(value) == 3
-          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi for v in value))
-    if not ok:
-        raise _fail(source, f"{path}.{key}", f"3 numbers in [{lo:g}, {hi:g}]", value)
+class EngineManifest(msgspec.Struct, frozen=True):
+    """The fields of a manifest the runtime feeds the engine from; the rest is the exporter's record."""
+
+    architecture: Architecture
+    bias: BiasConfig
+    preprocessing: Preprocessing
+    onnx_sha256: Sha256 | None = None
+
+    def __post_init__(self) -> None:
+        patch = self.architecture.patch_size
+        if self.preprocessing.patch_size not in (None, patch):
+            raise DinosawError(f"preprocessing.patch_size: must be architecture.patch_size ({patch}), "
+                               f"got {self.preprocessing.patch_size}")
 
 
-def _section(manifest: dict, key: str, source: str) -> dict:
-    value = manifest.get(key)
-    if not isinstance(value, dict):
-        raise _fail(source, key, "an object", value)
-    return value
-
-
-def check_engine_manifest(manifest: dict[str, Any], source: str | Path) -> None:
-    """Refuse a manifest the runtime cannot feed the engine from; names the first bad field."""
-    source = str(source)
-    arch = _section(manifest, "architecture", source)
-    _int(arch, "embed_dim", "architecture", source)
-    _int(arch, "num_heads", "architecture", source, hi=1024)
-    patch = _int(arch, "patch_size", "architecture", source, hi=1024)
-    bias = _section(manifest, "bias", source)
-    try:
-        config = BiasConfig.from_dict(bias)
-    except (TypeError, ValueError) as exc:
-        raise DinosawError(f"{source}: manifest field bias is invalid ({exc})") from None
-    for key, kind in (("wrap", bool), ("normalize", bool), ("num_prefix_tokens", int)):
-        value = getattr(config, key)
-        if not isinstance(value, kind) or kind is int and (isinstance(value, bool) or not 0 <= value <= 1024):
-            raise _fail(source, f"bias.{key}", "a boolean" if kind is bool else "an integer in 0..1024", value)
-    pre = _section(manifest, "preprocessing", source)
-    _floats(pre, "mean", "preprocessing", source, -MAX_NORM, MAX_NORM)
-    _floats(pre, "std", "preprocessing", source, MIN_STD, MAX_NORM)
-    if "patch_size" in pre and pre["patch_size"] != patch:
-        raise _fail(source, "preprocessing.patch_size", f"architecture.patch_size ({patch})", pre["patch_size"])
-    sha = manifest.get("onnx_sha256")
-    if sha is not None and (not isinstance(sha, str) or len(sha) != 64):
-        raise _fail(source, "onnx_sha256", "a 64-digit hex sha256", sha)
+def check_engine_manifest(manifest: dict[str, Any], source: str | Path) -> EngineManifest:
+    """The manifest's runtime fields, typed and bounded, or one :class:`SchemaError` naming the first bad field."""
+    return convert(manifest, EngineManifest, f"{source}: manifest field")
 
 
 def check_graph(manifest: dict[str, Any], inputs: Sequence[tuple[str, Sequence[Any]]],

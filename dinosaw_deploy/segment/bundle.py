@@ -5,7 +5,8 @@ Members:
 * ``config.json`` — everything that is not an array (filter bank, intensity mapping, classes, engine
   identity, classifier parameters, channel names);
 * ``arrays.npz`` — numeric state (ViT scaler / PCA / min-max), read with ``allow_pickle=False``;
-* ``classifier.ubj`` — the XGBoost booster in XGBoost's own UBJSON format;
+* ``classifier.json`` — the XGBoost booster in XGBoost's own JSON format (format 1, before: ``classifier.ubj``,
+  its UBJSON; such bundles still load, and saving one again writes format 2);
 * ``manifest.json`` — format name and version and the sha256 of every other member.
 
 Loading checks the format version and every hash, so a bundle from a newer release, a truncated
@@ -33,8 +34,9 @@ from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.files import atomic_path, read_npz
 
 FORMAT = "dinosaw-deploy/segmenter"
-FORMAT_VERSION = 1
-CONFIG, ARRAYS, CLASSIFIER, MANIFEST = "config.json", "arrays.npz", "classifier.ubj", "manifest.json"
+FORMAT_VERSION = 2
+CONFIG, ARRAYS, CLASSIFIER, MANIFEST = "config.json", "arrays.npz", "classifier.json", "manifest.json"
+CLASSIFIERS = {1: "classifier.ubj", 2: CLASSIFIER}  # the booster member of each format version
 # declared (uncompressed) size caps per member; zipfile never inflates a member past its declared size
 MAX_MEMBER_BYTES = {MANIFEST: 64 << 10, CONFIG: 1 << 20, ARRAYS: 256 << 20, CLASSIFIER: 512 << 20}
 MAX_ARRAY_BYTES = 64 << 20
@@ -47,7 +49,12 @@ class Bundle:
 
     config: dict[str, Any]
     arrays: dict[str, np.ndarray]
-    classifier: bytes
+    classifier: bytes  # XGBoost JSON, or UBJSON when read from a format-1 bundle
+    classifier_name: str = CLASSIFIER
+
+    @property
+    def classifier_ubjson(self) -> bool:
+        return self.classifier_name == CLASSIFIERS[1]
 
 
 def _sha256(data: bytes) -> str:
@@ -61,11 +68,11 @@ def bundle_bytes(bundle: Bundle) -> bytes:
     members = {
         CONFIG: (json.dumps(bundle.config, indent=2) + "\n").encode(),
         ARRAYS: arrays.getvalue(),
-        CLASSIFIER: bytes(bundle.classifier),
+        bundle.classifier_name: bytes(bundle.classifier),
     }
     manifest = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": 1 if bundle.classifier_ubjson else FORMAT_VERSION,
         "sha256": {name: _sha256(data) for name, data in members.items()},
     }
     out = io.BytesIO()
@@ -124,37 +131,52 @@ def read_bundle(source: str | os.PathLike | bytes, name: str = "model bundle") -
     try:
         with zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source) as archive:
             names = set(archive.namelist())
-            missing = {MANIFEST, CONFIG, ARRAYS, CLASSIFIER} - names
+            if MANIFEST not in names:
+                raise DinosawError(f"{path}: not a complete .dsw model bundle (missing {MANIFEST})")
+            manifest = _json(_member(archive, MANIFEST, MANIFEST, path), path, MANIFEST)
+            version = _version(manifest, path)
+            classifier = CLASSIFIERS[version]
+            missing = {CONFIG, ARRAYS, classifier} - names
             if missing:
                 raise DinosawError(f"{path}: not a complete .dsw model bundle (missing {', '.join(sorted(missing))})")
-            for member, cap in MAX_MEMBER_BYTES.items():
-                if archive.getinfo(member).file_size > cap:
-                    raise DinosawError(f"{path}: {member} declares {archive.getinfo(member).file_size} bytes, more "
-                                       f"than the {cap} bytes a model bundle may hold there")
-            data = {member: archive.read(member) for member in (MANIFEST, CONFIG, ARRAYS, CLASSIFIER)}
+            data = {member: _member(archive, member, CLASSIFIER if member == classifier else member, path)
+                    for member in (CONFIG, ARRAYS, classifier)}
     except (zipfile.BadZipFile, zlib.error, OSError, EOFError, zipfile.LargeZipFile) as exc:
         raise DinosawError(f"{path}: not a .dsw model bundle, or a corrupt one ({exc})") from None
     except RuntimeError as exc:  # e.g. encrypted members
         raise DinosawError(f"{path}: unreadable model bundle ({exc})") from None
-    manifest = _json(data[MANIFEST], path, MANIFEST)
+    hashes = manifest.get("sha256")
+    if not isinstance(hashes, dict):
+        raise DinosawError(f"{path}: {MANIFEST} has no sha256 record")
+    for member, raw in data.items():
+        if hashes.get(member) != _sha256(raw):
+            raise DinosawError(f"{path}: {member} does not match its recorded sha256 (tampered or corrupt bundle)")
+    arrays = read_npz(data[ARRAYS], f"{path}: {ARRAYS}", MAX_ARRAYS, MAX_ARRAY_BYTES)
+    return Bundle(config=_json(data[CONFIG], path, CONFIG), arrays=arrays, classifier=data[classifier],
+                  classifier_name=classifier)
+
+
+def _member(archive: zipfile.ZipFile, member: str, kind: str, path: str) -> bytes:
+    """A member's bytes, refused before reading when it declares more than its kind's cap."""
+    size, cap = archive.getinfo(member).file_size, MAX_MEMBER_BYTES[kind]
+    if size > cap:
+        raise DinosawError(f"{path}: {member} declares {size} bytes, more than the {cap} bytes a model bundle "
+                           "may hold there")
+    return archive.read(member)
+
+
+def _version(manifest: dict[str, Any], path: str) -> int:
     if manifest.get("format") != FORMAT:
         raise DinosawError(f"{path}: not a dinosaw-deploy segmenter bundle")
     version = manifest.get("format_version")
-    if not isinstance(version, int) or version < 1:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise DinosawError(f"{path}: invalid bundle format version {version!r}")
     if version > FORMAT_VERSION:
         raise DinosawError(
             f"{path}: bundle format {version} is newer than this dinosaw-deploy understands "
             f"({FORMAT_VERSION}); upgrade the package"
         )
-    hashes = manifest.get("sha256")
-    if not isinstance(hashes, dict):
-        raise DinosawError(f"{path}: {MANIFEST} has no sha256 record")
-    for member in (CONFIG, ARRAYS, CLASSIFIER):
-        if hashes.get(member) != _sha256(data[member]):
-            raise DinosawError(f"{path}: {member} does not match its recorded sha256 (tampered or corrupt bundle)")
-    arrays = read_npz(data[ARRAYS], f"{path}: {ARRAYS}", MAX_ARRAYS, MAX_ARRAY_BYTES)
-    return Bundle(config=_json(data[CONFIG], path, CONFIG), arrays=arrays, classifier=data[CLASSIFIER])
+    return version
 
 
 def _json(raw: bytes, path: str, member: str) -> dict[str, Any]:

@@ -11,33 +11,27 @@ equalises each new image by the same rule.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import numpy as np
+from msgspec import Meta
 
 from dinosaw_deploy.errors import DinosawError
 
+MAX_CLAHE_GRID, MAX_CLAHE_BINS = 256, 65536
 
-@dataclass(frozen=True)
-class ClaheConfig:
-    grid: int = 8
-    clip_limit: float = 0.01
-    bins: int = 256
+
+class ClaheConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """CLAHE settings: ``grid`` x ``grid`` regions, ``clip_limit`` of a region's pixels, histogram ``bins``."""
+
+    grid: Annotated[int, Meta(ge=1, le=MAX_CLAHE_GRID)] = 8
+    clip_limit: Annotated[float, Meta(gt=0, le=1)] = 0.01
+    bins: Annotated[int, Meta(ge=2, le=MAX_CLAHE_BINS)] = 256
 
     def __post_init__(self) -> None:
         if self.grid < 1 or self.bins < 2 or not 0 < self.clip_limit <= 1:
             raise DinosawError(f"invalid CLAHE settings {self}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ClaheConfig:
-        try:
-            return cls(int(data["grid"]), float(data["clip_limit"]), int(data["bins"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DinosawError(f"invalid CLAHE settings {data!r}: {exc}") from None
 
 
 class Clahe:

@@ -22,12 +22,14 @@ within :attr:`FilterBank.halo`, so a tile computed with that halo equals the who
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from functools import lru_cache
 from itertools import combinations
-from typing import Any, Protocol
+from typing import Annotated, Protocol
 
+import msgspec
 import numpy as np
+from msgspec import Meta
+from msgspec.structs import force_setattr
 
 from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.image.box import Box
@@ -48,16 +50,23 @@ class GraySource(Protocol):
     def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray: ...
 
 
-@dataclass(frozen=True)
-class FilterBankConfig:
-    """What the filter bank computes; stored in model bundles."""
+MAX_SIGMAS, MAX_SIGMA, MAX_TRUNCATE = 16, 64.0, 8.0
+MAX_MEMBRANE_LENGTH, MAX_MEMBRANE_ANGLES = 255, 180
+Sigma = Annotated[float, Meta(ge=0, le=MAX_SIGMA)]
+PositiveSigma = Annotated[float, Meta(gt=0, le=MAX_SIGMA)]
 
-    sigmas: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
-    truncate: float = 4.0
-    membrane_length: int = 15
-    membrane_angles: int = 30
-    structure_scales: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
-    variance_sigmas: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+
+class FilterBankConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What the filter bank computes; stored in model bundles, whose values are bounded by these types."""
+
+    sigmas: Annotated[tuple[Sigma, ...], Meta(min_length=1, max_length=MAX_SIGMAS)] = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
+    truncate: Annotated[float, Meta(gt=0, le=MAX_TRUNCATE)] = 4.0
+    membrane_length: Annotated[int, Meta(ge=1, le=MAX_MEMBRANE_LENGTH)] = 15
+    membrane_angles: Annotated[int, Meta(ge=1, le=MAX_MEMBRANE_ANGLES)] = 30
+    # absent in bundles from before these groups existed: empty there, so old models keep their 58 channels
+    structure_scales: Annotated[tuple[PositiveSigma, ...], Meta(max_length=MAX_SIGMAS)] = (1.0, 2.0, 4.0, 8.0, 16.0)
+    variance_sigmas: Annotated[tuple[PositiveSigma, ...], Meta(max_length=MAX_SIGMAS)] = (
+        1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
     def __post_init__(self) -> None:
         sigmas = tuple(float(s) for s in self.sigmas)
@@ -67,30 +76,12 @@ class FilterBankConfig:
             values = tuple(float(v) for v in getattr(self, name))
             if any(v <= 0 for v in values) or len(set(values)) != len(values):
                 raise DinosawError(f"filter {name} must be distinct and > 0, got {getattr(self, name)}")
-            object.__setattr__(self, name, tuple(sorted(values)))
+            force_setattr(self, name, tuple(sorted(values)))
         if self.truncate <= 0:
             raise DinosawError(f"filter truncate must be > 0, got {self.truncate}")
         if self.membrane_length < 1 or self.membrane_length % 2 == 0 or self.membrane_angles < 1:
             raise DinosawError("membrane_length must be odd and >= 1, membrane_angles >= 1")
-        object.__setattr__(self, "sigmas", tuple(sorted(sigmas)))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "sigmas": list(self.sigmas), "structure_scales": list(self.structure_scales),
-                "variance_sigmas": list(self.variance_sigmas)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FilterBankConfig:
-        try:
-            return cls(
-                sigmas=tuple(data["sigmas"]),
-                truncate=float(data["truncate"]),
-                membrane_length=int(data["membrane_length"]),
-                membrane_angles=int(data["membrane_angles"]),
-                structure_scales=tuple(data.get("structure_scales", ())),  # absent before issue 12
-                variance_sigmas=tuple(data.get("variance_sigmas", ())),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DinosawError(f"invalid filter-bank config {data!r}: {exc}") from None
+        force_setattr(self, "sigmas", tuple(sorted(sigmas)))
 
 
 def gaussian_radius(sigma: float, truncate: float) -> int:

@@ -16,12 +16,16 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
+import msgspec
 import numpy as np
+from msgspec import Meta
 
 from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.files import atomic_path
 from dinosaw_deploy.image.reader import channels_first, open_image
+from dinosaw_deploy.schema import Name, to_builtins
 
 MAX_CLASSES = 255
 STRIP_ROWS = 1024
@@ -32,23 +36,19 @@ PALETTE = (
 )
 
 
-@dataclass(frozen=True)
-class LabelClass:
+Byte = Annotated[int, Meta(ge=0, le=255)]
+
+
+class LabelClass(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One class: its index 1..K, display name and colour, and the value it had in the label file."""
 
-    index: int
-    name: str
-    colour: tuple[int, int, int]
-    source_value: tuple[int, ...]
+    index: Annotated[int, Meta(ge=1, le=MAX_CLASSES)]
+    name: Name
+    colour: tuple[Byte, Byte, Byte]
+    source_value: Annotated[tuple[Annotated[int, Meta(ge=0, le=2**63 - 1)], ...], Meta(min_length=1, max_length=4)]
 
     def to_dict(self) -> dict:
-        return {"index": self.index, "name": self.name, "colour": list(self.colour),
-                "source_value": list(self.source_value)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> LabelClass:
-        return cls(int(data["index"]), str(data["name"]), tuple(int(c) for c in data["colour"]),
-                   tuple(int(v) for v in data["source_value"]))
+        return to_builtins(self)
 
 
 @dataclass

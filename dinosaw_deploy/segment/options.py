@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.image.intensity import DEFAULT_NORMALIZE, check_normalize
 from dinosaw_deploy.preflight import DEFAULT_MAX_PIXELS
+from dinosaw_deploy.schema import convert, to_builtins
 from dinosaw_deploy.segment.classifier import ClassifierParams
 from dinosaw_deploy.segment.contrast import ClaheConfig
 from dinosaw_deploy.segment.postprocess import check_modal
@@ -59,6 +60,7 @@ class ModelOptions:
         if self.contrast not in CONTRASTS:
             raise DinosawError(f"contrast must be none or clahe, not {self.contrast!r}")
         check_normalize(self.normalize)
+        convert(to_builtins(self.classifier), ClassifierParams, "classifier")  # its bounds, as a bundle's
 
     def segmenter(self, extractor: FeatureExtractor | None, run: RunOptions) -> Segmenter:
         """An untrained Segmenter with these options, on ``run``'s threads and device."""

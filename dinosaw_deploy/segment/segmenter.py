@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +27,10 @@ from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.image.box import Box
 from dinosaw_deploy.image.intensity import DEFAULT_NORMALIZE, check_normalize, histogram_shift
 from dinosaw_deploy.image.reader import RegionSource
+from dinosaw_deploy.schema import to_builtins
 from dinosaw_deploy.segment.booster_check import check_booster
 from dinosaw_deploy.segment.bundle import Bundle, bundle_bytes, load_bundle, read_bundle, save_bundle
-from dinosaw_deploy.segment.bundle_schema import check_arrays, check_config
+from dinosaw_deploy.segment.bundle_schema import VitRecord, check_arrays, read_config
 from dinosaw_deploy.segment.classifier import (
     MAX_PIXEL_CLASS_PAIRS,
     PREDICT_PARAMS,
@@ -54,19 +54,19 @@ from dinosaw_deploy.tiling.store import PatchGrid
 DEFAULT_TILE = 512
 
 
-def _feature_settings(vit: dict[str, Any], arrays: dict[str, np.ndarray],
+def _feature_settings(vit: VitRecord, arrays: dict[str, np.ndarray],
                       path: str) -> tuple[PositionalSubspace | None, dict[str, Any]]:
     """The positional subspace and feature settings a bundle's ViT features were trained with (none before
     they existed)."""
     debias = None
-    if vit.get("debias") is not None:
+    if vit.debias is not None:
         try:
             debias = PositionalSubspace(arrays["debias_mean"], arrays["debias_basis"])
         except DinosawError as exc:
             raise DinosawError(f"{path}: {exc}") from None
-        if debias.sha256 != vit["debias"]["sha256"]:
+        if debias.sha256 != vit.debias.sha256:
             raise DinosawError(f"{path}: its positional subspace does not match its recorded sha256")
-    return debias, {"bias_jitter": float(vit.get("bias_jitter", 0.0)), "jitter_seed": int(vit.get("jitter_seed", 0)),
+    return debias, {"bias_jitter": vit.bias_jitter, "jitter_seed": vit.jitter_seed,
                     "debias": None if debias is None else {"sha256": debias.sha256, "rank": debias.rank}}
 
 
@@ -370,13 +370,13 @@ class Segmenter:
         self.check_fitted()
         config = {
             "dinosaw_deploy_version": __version__,
-            "filter_bank": self.bank.config.to_dict(),
+            "filter_bank": to_builtins(self.bank.config),
             "classes": [c.to_dict() for c in self.label_classes],
-            "classifier": asdict(self.classifier),
+            "classifier": to_builtins(self.classifier),
             "channels": list(self.channel_names),
             "tile": self.tile,
             "max_samples_per_class": self.max_samples_per_class,
-            "contrast": None if self.contrast is None else self.contrast.to_dict(),
+            "contrast": None if self.contrast is None else to_builtins(self.contrast),
             "normalize": self.normalize,
             "class_prior": None if self.class_prior is None else self.class_prior.tolist(),
             "intensity_histogram": None if self.intensity_histogram is None else self.intensity_histogram.tolist(),
@@ -386,7 +386,7 @@ class Segmenter:
         arrays = {} if self.pca is None else self.pca.to_arrays()
         if self.pca is not None and self.debias is not None:
             arrays.update(debias_mean=self.debias.mean, debias_basis=self.debias.basis)
-        return Bundle(config, arrays, bytes(self.booster.save_raw("ubj")))
+        return Bundle(config, arrays, bytes(self.booster.save_raw("json")))
 
     @classmethod
     def load(cls, path: str | os.PathLike, extractor: Any = None, **options: Any) -> Segmenter:
@@ -405,44 +405,35 @@ class Segmenter:
         """A trained segmenter from a read :class:`Bundle` (``path`` names it in errors), validated as
         :meth:`load` validates a file."""
         xgboost = _xgboost()
-        config = bundle.config
-        check_config(config, path)
+        config = read_config(bundle.config, path)
         check_arrays(bundle.arrays, config, path)
-        vit = config["vit"]
-        seg = cls(
-            extractor=extractor,
-            filter_bank=FilterBankConfig.from_dict(config["filter_bank"]),
-            classifier=ClassifierParams(**config["classifier"]),
-            tile=config.get("tile", DEFAULT_TILE),
-            max_samples_per_class=config["max_samples_per_class"],
-            contrast=None if config.get("contrast") is None else ClaheConfig.from_dict(config["contrast"]),
-            normalize=config.get("normalize", "dtype"),  # absent before issue 19: the dtype rule
-            **options,
-        )
-        seg.label_classes = [LabelClass.from_dict(c) for c in config["classes"]]
-        prior = config.get("class_prior")  # absent before issue 12: equal priors
-        seg.estimate_prior = prior is not None
-        seg.class_prior = None if prior is None else np.asarray(prior, np.float32)
-        seg.training = dict(config.get("training") or {})
-        histogram = config.get("intensity_histogram")  # absent before issue 19: no exposure check
+        vit = config.vit
+        seg = cls(extractor=extractor, filter_bank=config.filter_bank, classifier=config.classifier,
+                  tile=config.tile or DEFAULT_TILE, max_samples_per_class=config.max_samples_per_class,
+                  contrast=config.contrast, normalize=config.normalize, **options)
+        seg.label_classes = list(config.classes)
+        seg.estimate_prior = config.class_prior is not None
+        seg.class_prior = None if config.class_prior is None else np.asarray(config.class_prior, np.float32)
+        seg.training = dict(config.training or {})
+        histogram = config.intensity_histogram
         seg.intensity_histogram = None if histogram is None else np.asarray(histogram, np.float64)
         if vit is not None:
-            seg.engine = {k: vit[k] for k in ("model", "identity", "patch_size")}
-            seg.pca = PcaFeatures.from_arrays(bundle.arrays, vit["patch_size"])
-            if seg.extractor is not None and engine_identity(seg.extractor.manifest) != vit["identity"]:
+            seg.engine = {"model": vit.model, "identity": vit.identity, "patch_size": vit.patch_size}
+            seg.pca = PcaFeatures.from_arrays(bundle.arrays, vit.patch_size)
+            if seg.extractor is not None and engine_identity(seg.extractor.manifest) != vit.identity:
                 raise DinosawError(
-                    f"{path}: trained with the features of engine {vit['model']!r} (identity "
-                    f"{vit['identity'][:12]}); {seg.extractor.model_path} is a different model"
+                    f"{path}: trained with the features of engine {vit.model!r} (identity "
+                    f"{vit.identity[:12]}); {seg.extractor.model_path} is a different model"
                 )
             seg.debias, settings = _feature_settings(vit, bundle.arrays, path)
             seg.engine.update(settings)
             seg.extractor = _configured(seg.extractor, settings, seg.debias, path)
         elif extractor is not None:
             seg.extractor = None  # a classical model ignores the engine
-        if list(config["channels"]) != list(seg.channel_names):
+        if list(config.channels) != list(seg.channel_names):
             raise DinosawError(f"{path}: the bundle's channels do not match its filter-bank / ViT settings")
         check_booster(bundle.classifier, num_class=len(seg.label_classes), num_feature=len(seg.channel_names),
-                      source=f"{path}: classifier.ubj")
+                      source=f"{path}: {bundle.classifier_name}", ubjson=bundle.classifier_ubjson)
         booster = xgboost.Booster()
         try:
             booster.load_model(bytearray(bundle.classifier))
