@@ -325,7 +325,8 @@ class SegmentWidget(QWidget):
     def segment_whole_scan(self, output: str | Path) -> None:
         """Save the model beside ``output`` (``<stem>.dsw``), apply it to the whole scan in a worker,
         then open the result as a labels layer."""
-        from dinosaw_deploy.segment.run import RunOptions, apply_scan, output_paths, scan_stem
+        from dinosaw_deploy.segment.job import output_paths
+        from dinosaw_deploy.segment.run import RunOptions, apply_scan, scan_stem
 
         seg, image, output = self._trained(), self._image_path(), Path(output)
         output_paths(output, False)  # a name we can write, or a clear error now
