@@ -39,7 +39,7 @@ SCALE_FEATURES = ("gaussian", "gradient", "hessian_eig1", "hessian_eig2", "hessi
                   "hessian_det")
 DERIVATIVE_MARGIN = 2  # px beyond a blurred tile needed by the Sobel / Hessian differences
 STRUCTURE_SIGMA = 1.0  # the blur whose gradient makes the structure tensor
-SORT_BLOCK = 16384  # pixels per block when sorting the membrane responses for the median
+MEMBRANE_ROWS = 32  # rows of line-kernel responses computed and reduced at a time
 
 
 class GraySource(Protocol):
@@ -170,6 +170,10 @@ class FilterBank:
             structure = (gaussian_radius(max(cfg.structure_scales), cfg.truncate) + 1
                          + gaussian_radius(STRUCTURE_SIGMA, cfg.truncate))
         self.halo = max(largest + DERIVATIVE_MARGIN, cfg.membrane_length // 2, structure)
+        blurs = max((gaussian_radius(s, cfg.truncate) for s in self.blur_sigmas), default=0) + DERIVATIVE_MARGIN
+        # the margin the blurs and the structure tensor need: their FFTs run on a tile padded by this much only,
+        # and only a local variance of a larger σ on the whole padded tile (with the default bank: 650² vs 772²)
+        self.near_halo = min(self.halo, max(blurs, structure))
         self.names = tuple(
             [f"{feature}_s{sigma:g}" for sigma in cfg.sigmas for feature in SCALE_FEATURES]
             + [f"dog_s{a:g}_s{b:g}" for a, b in combinations(self.blur_sigmas, 2)]
@@ -195,7 +199,6 @@ class FilterBank:
 
     def compute(self, padded: np.ndarray) -> np.ndarray:
         """Features of the interior of a tile padded by :attr:`halo` on every side."""
-        import scipy.fft
 
         padded = np.ascontiguousarray(padded, dtype=np.float32)
         halo, cfg = self.halo, self.config
@@ -203,19 +206,14 @@ class FilterBank:
         if h < 1 or w < 1:
             raise DinosawError(f"tile {padded.shape} is smaller than twice the halo ({halo} px)")
         out = np.empty((self.num_channels, h, w), dtype=np.float32)
-        m = DERIVATIVE_MARGIN
-        inner = (slice(halo - m, halo + h + m), slice(halo - m, halo + w + m))
-        spectrum = None
-        if self.blur_sigmas or cfg.structure_scales or cfg.variance_sigmas:
-            fast = (scipy.fft.next_fast_len(padded.shape[0]), scipy.fft.next_fast_len(padded.shape[1], real=True))
-            spectrum = scipy.fft.rfft2(padded, s=fast)
+        m, near = DERIVATIVE_MARGIN, self.near_halo
+        crops = _Crops(padded, halo, h, w)
         blurred: dict[float, np.ndarray] = {}
         for i, sigma in enumerate(cfg.sigmas):
             if sigma == 0:
-                smooth = padded[inner]
+                smooth = padded[halo - m : halo + h + m, halo - m : halo + w + m]
             else:
-                transfer = _transfer(sigma, cfg.truncate, fast)
-                smooth = scipy.fft.irfft2(spectrum * transfer, s=fast)[inner]
+                smooth = crops.blur(near, sigma, cfg.truncate, m)
                 blurred[sigma] = out[i * 7]
             _scale_features(smooth, out[i * 7 : i * 7 + 7])
         channel = 7 * len(cfg.sigmas)
@@ -226,39 +224,69 @@ class FilterBank:
         raw = padded[halo - r : halo + h + r, halo - r : halo + w + r]
         _membrane(raw, membrane_taps(cfg.membrane_length, cfg.membrane_angles), out[channel : channel + 6])
         channel += len(MEMBRANE_STATS)
-        interior = (slice(halo, halo + h), slice(halo, halo + w))
         if cfg.structure_scales:
-            self._structure(padded, spectrum, fast, out[channel : channel + 2 * len(cfg.structure_scales)])
+            self._structure(crops, near, out[channel : channel + 2 * len(cfg.structure_scales)])
             channel += 2 * len(cfg.structure_scales)
-        if cfg.variance_sigmas:
-            squares = scipy.fft.rfft2(padded * padded, s=fast)
-            for sigma in cfg.variance_sigmas:
-                mean = blurred.get(sigma)
-                if mean is None:
-                    mean = scipy.fft.irfft2(spectrum * _transfer(sigma, cfg.truncate, fast), s=fast)[interior]
-                square = scipy.fft.irfft2(squares * _transfer(sigma, cfg.truncate, fast), s=fast)[interior]
-                np.maximum(square - mean * mean, 0, out=out[channel])
-                channel += 1
+        for sigma in cfg.variance_sigmas:
+            margin = near if gaussian_radius(sigma, cfg.truncate) <= near else halo
+            mean = blurred.get(sigma)
+            if mean is None:
+                mean = crops.blur(margin, sigma, cfg.truncate)
+            square = crops.blur(margin, sigma, cfg.truncate, squares=True)
+            np.maximum(square - mean * mean, 0, out=out[channel])
+            channel += 1
         return out
 
-    def _structure(self, padded: np.ndarray, spectrum: np.ndarray, fast: tuple[int, int], out: np.ndarray) -> None:
-        """Structure-tensor eigenvalues (larger, smaller) per ρ into ``out`` (2 per ρ, interior only)."""
+    def _structure(self, crops: _Crops, margin: int, out: np.ndarray) -> None:
+        """Structure-tensor eigenvalues (larger, smaller) per ρ into ``out`` (2 per ρ, interior only), on the
+        tile padded by ``margin``."""
         import scipy.fft
 
-        halo, cfg = self.halo, self.config
+        cfg = self.config
         h, w = out.shape[1:]
+        spectrum, fast, shape = crops.spectrum(margin)
         smooth = scipy.fft.irfft2(spectrum * _transfer(STRUCTURE_SIGMA, cfg.truncate, fast), s=fast)
-        smooth = smooth[: padded.shape[0], : padded.shape[1]]
+        smooth = smooth[: shape[0], : shape[1]]
         gy = (smooth[2:, 1:-1] - smooth[:-2, 1:-1]) / 2  # padded pixel (i+1, j+1) at (i, j)
         gx = (smooth[1:-1, 2:] - smooth[1:-1, :-2]) / 2
         products = [scipy.fft.rfft2(p, s=fast) for p in (gy * gy, gy * gx, gx * gx)]
-        interior = (slice(halo - 1, halo - 1 + h), slice(halo - 1, halo - 1 + w))
+        interior = (slice(margin - 1, margin - 1 + h), slice(margin - 1, margin - 1 + w))
         for i, rho in enumerate(cfg.structure_scales):
             transfer = _transfer(rho, cfg.truncate, fast)
             a, b, d = (scipy.fft.irfft2(p * transfer, s=fast)[interior] for p in products)
             trace, root = a + d, np.sqrt((a - d) ** 2 + 4 * b * b)
             np.multiply(trace + root, 0.5, out=out[2 * i])
             np.multiply(trace - root, 0.5, out=out[2 * i + 1])
+
+
+class _Crops:
+    """The spectra of a padded tile cropped to smaller margins, each computed once per tile."""
+
+    def __init__(self, padded: np.ndarray, halo: int, h: int, w: int) -> None:
+        self.padded, self.halo, self.h, self.w = padded, halo, h, w
+        self._spectra: dict[tuple[int, bool], tuple[np.ndarray, tuple[int, int], tuple[int, int]]] = {}
+
+    def spectrum(self, margin: int, squares: bool = False) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+        """(rfft2 at a fast size, that size, the crop's shape) of the tile padded by ``margin`` (of its
+        squared values with ``squares``)."""
+        import scipy.fft
+
+        key = (margin, squares)
+        if key not in self._spectra:
+            cut = self.halo - margin
+            crop = self.padded[cut : cut + self.h + 2 * margin, cut : cut + self.w + 2 * margin]
+            fast = (scipy.fft.next_fast_len(crop.shape[0]), scipy.fft.next_fast_len(crop.shape[1], real=True))
+            self._spectra[key] = (scipy.fft.rfft2(crop * crop if squares else crop, s=fast), fast, crop.shape)
+        return self._spectra[key]
+
+    def blur(self, margin: int, sigma: float, truncate: float, keep: int = 0, squares: bool = False) -> np.ndarray:
+        """The Gaussian blur of the tile (of its squares) on the interior plus ``keep`` px, computed on the
+        tile padded by ``margin`` (>= the kernel radius + ``keep``)."""
+        import scipy.fft
+
+        spectrum, fast, _ = self.spectrum(margin, squares)
+        blurred = scipy.fft.irfft2(spectrum * _transfer(sigma, truncate, fast), s=fast)
+        return blurred[margin - keep : margin + self.h + keep, margin - keep : margin + self.w + keep]
 
 
 def _scale_features(smooth: np.ndarray, out: np.ndarray) -> None:
@@ -291,36 +319,38 @@ def _membrane(raw: np.ndarray, taps: Sequence[Sequence[tuple[int, int]]], out: n
     """Line-kernel responses per angle, reduced over angle into ``out`` (6, h, w).
 
     The tile is flattened so that every shifted view is one contiguous slice (rows carry ``2r``
-    junk columns that are dropped at the end)."""
+    junk columns that are dropped at the end); the responses of :data:`MEMBRANE_ROWS` rows at a time stay
+    in the CPU cache while they are reduced (twice as fast as all rows at once, and 1/16 of the memory)."""
     r = (raw.shape[0] - out.shape[1]) // 2
     h, w = out.shape[1:]
     stride = w + 2 * r
     flat = np.zeros(raw.size + 2 * r, dtype=np.float32)
     flat[: raw.size] = raw.ravel()
-    n = h * stride
-    responses = np.empty((len(taps), n), dtype=np.float32)
-    for row, angle in zip(responses, taps):
-        offsets = [(r + dy) * stride + r + dx for dy, dx in angle]
-        np.copyto(row, flat[offsets[0] : offsets[0] + n])
-        for off in offsets[1:]:
-            np.add(row, flat[off : off + n], out=row)
     count, half = len(taps), len(taps) // 2
-    stats = np.empty((len(MEMBRANE_STATS), n), dtype=np.float32)
-    mean, high, low, total, std, median = stats
-    np.sum(responses, axis=0, out=total)
-    np.divide(total, count, out=mean)
-    np.max(responses, axis=0, out=high)
-    np.min(responses, axis=0, out=low)
-    std[:] = 0
-    scratch = np.empty(n, dtype=np.float32)
-    for row in responses:
-        np.subtract(row, mean, out=scratch)
-        np.multiply(scratch, scratch, out=scratch)
-        np.add(std, scratch, out=std)
-    np.sqrt(std / count, out=std)
-    for start in range(0, n, SORT_BLOCK):  # median: sort each pixel's responses, block by block
-        ordered = np.ascontiguousarray(responses[:, start : start + SORT_BLOCK].T)
+    offsets = [[(r + dy) * stride + r + dx for dy, dx in angle] for angle in taps]
+    responses = np.empty((count, MEMBRANE_ROWS * stride), dtype=np.float32)
+    scratch = np.empty(MEMBRANE_ROWS * stride, dtype=np.float32)
+    stats = np.empty((len(MEMBRANE_STATS), h * stride), dtype=np.float32)
+    for y in range(0, h, MEMBRANE_ROWS):
+        n, base = min(MEMBRANE_ROWS, h - y) * stride, y * stride
+        block = responses[:, :n]
+        for row, angle in zip(block, offsets):
+            np.copyto(row, flat[base + angle[0] : base + angle[0] + n])
+            for off in angle[1:]:
+                np.add(row, flat[base + off : base + off + n], out=row)
+        mean, high, low, total, std, median = (s[base : base + n] for s in stats)
+        np.sum(block, axis=0, out=total)
+        np.divide(total, count, out=mean)
+        np.max(block, axis=0, out=high)
+        np.min(block, axis=0, out=low)
+        std[:] = 0
+        part = scratch[:n]
+        for row in block:
+            np.subtract(row, mean, out=part)
+            np.multiply(part, part, out=part)
+            np.add(std, part, out=std)
+        np.sqrt(std / count, out=std)
+        ordered = np.ascontiguousarray(block.T)  # median: sort each pixel's responses
         ordered.sort(axis=1)
-        middle = ordered[:, half] if count % 2 else (ordered[:, half - 1] + ordered[:, half]) / 2
-        median[start : start + SORT_BLOCK] = middle
+        median[:] = ordered[:, half] if count % 2 else (ordered[:, half - 1] + ordered[:, half]) / 2
     out[:] = stats.reshape(len(MEMBRANE_STATS), h, stride)[:, :, :w]
