@@ -41,7 +41,7 @@ from .viewport import box_pixels, paint_region, visible_box
 
 MAX_LIVE_PIXELS = 3000 * 3000  # a larger view asks to zoom in instead of predicting it all
 PAINT_SIDE = 8192  # on larger images the scribbles layer (in memory, uint8) covers a region this big
-PAINT_DEBOUNCE_MS, VIEW_DEBOUNCE_MS = 250, 150
+PAINT_DEBOUNCE_MS, VIEW_DEBOUNCE_MS = 150, 150  # quiet after the last paint event of a stroke / view change
 REDRAW_S = 0.5  # while tiles arrive, the prediction layer is redrawn at most this often
 
 
@@ -205,17 +205,17 @@ class SegmentWidget(QWidget):
         """Train on the scribbles as they are now, then predict the visible region (in a worker)."""
         if self.session is None:
             return
-        painted = np.array(self.scribbles.data, copy=True)
-        if len(np.unique(painted[painted > 0])) < 2:
-            self.status.setText("paint at least two classes to see a prediction")
-            return
-        scribbles = self._scribbles(painted)
-        token = self.session.generations.new()
+        painted = np.array(self.scribbles.data, copy=True)  # a snapshot; reading its scribbles is the worker's
+        session, offset = self.session, self.paint_box[::2]
+        token = session.generations.new()
         box = self.view_box()
         self.status.setText("training …")
 
         def job():
-            if not self.session.train(scribbles, token):
+            if len(np.unique(painted[painted > 0])) < 2:
+                yield token, box, "too few", None, None
+                return
+            if not session.train(_in_image(scribbles_from_array(painted), offset, session.prepared.shape), token):
                 return
             yield from self._predict_job(box, token)
 
@@ -230,7 +230,7 @@ class SegmentWidget(QWidget):
         self._run(self._predict_job, box, token)
 
     def _predict_job(self, box: Box, token: int):
-        """Yields (token, box, what, tile, labels): ``too large``, or ``start``, each strided ``tile`` of a first
+        """Yields (token, box, what, tile, labels): ``too large`` (or, from a retrain, ``too few`` classes), or ``start``, each strided ``tile`` of a first
         look, ``preview`` (all of the view shown), each full-resolution ``tile``, ``done``."""
         if box_pixels(box) > MAX_LIVE_PIXELS:
             yield token, box, "too large", None, None
@@ -255,7 +255,9 @@ class SegmentWidget(QWidget):
         token, box, what, tile, labels = item
         if self.session is None or not self.session.generations.is_current(token):
             return
-        if what == "too large":
+        if what == "too few":
+            self.status.setText("paint at least two classes to see a prediction")
+        elif what == "too large":
             self.status.setText(f"zoom in to see live labels (the view has {box_pixels(box):.3g} px; live "
                                 f"prediction covers up to {MAX_LIVE_PIXELS:.3g})")
         elif what == "start":
@@ -308,15 +310,11 @@ class SegmentWidget(QWidget):
                                "(File > Open) to segment all of it")
         return Path(path)
 
-    def _scribbles(self, painted: np.ndarray) -> Scribbles:
-        """The painted region's scribbles in image coordinates."""
-        marks = scribbles_from_array(painted)
-        y0, _, x0, _ = self.paint_box
-        return replace(marks, shape=self.session.prepared.shape, ys=marks.ys + y0, xs=marks.xs + x0)
-
     def save_scribbles(self, path: str | Path) -> Path:
         """The scribbles as a label file of the image's size that ``segment --labels`` reads (PNG or TIFF)."""
-        return save_scribbles(path, self._scribbles(np.asarray(self.scribbles.data)).to_image())
+        marks = _in_image(scribbles_from_array(np.asarray(self.scribbles.data)), self.paint_box[::2],
+                          self.session.prepared.shape)
+        return save_scribbles(path, marks.to_image())
 
     def save_model(self, path: str | Path) -> Path:
         """The trained model as a ``.dsw`` bundle (what ``dinosaw-deploy apply`` reads)."""
@@ -420,3 +418,8 @@ class SegmentWidget(QWidget):
     def _ask_apply(self) -> None:
         self._ask(self.apply_to_files, lambda: QFileDialog.getOpenFileNames(self, "Scans", "", "TIFF (*.tif *.tiff)")[0],
                   lambda: QFileDialog.getExistingDirectory(self, "Output folder"))
+
+
+def _in_image(marks: Scribbles, offset: tuple[int, int], shape: tuple[int, int]) -> Scribbles:
+    """Scribbles of the painted region (whose corner is ``offset``) in the coordinates of an image of ``shape``."""
+    return replace(marks, shape=shape, ys=marks.ys + offset[0], xs=marks.xs + offset[1])
