@@ -68,9 +68,30 @@ def paint(layer, labels: np.ndarray, offset=(0, 0)) -> None:
         layer.data_setitem((ys - offset[0], xs - offset[1]), int(value))
 
 
+def rss_mb() -> float:
+    """This process's resident memory now (VmRSS), MiB."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+
+def write_tiled_scan(scan: Path, truth_path: Path, side: int, block: int = 4096, tile: int = 512) -> None:
+    """A ``side``² tiled, zlib-compressed scan made by repeating one rendered ``block``² synthetic micrograph
+    (rendering every pixel of 1.6 Gpx takes over 20 min here), and that block's ground truth."""
+    import tifffile
+
+    from dinosaw_deploy.synthetic import synthetic_micrograph
+
+    image, truth = synthetic_micrograph(block, block, seed=3)
+    tifffile.imwrite(truth_path, truth.astype(np.uint8), tile=(tile, tile), compression="zlib")
+    tiles = (image[y % block : y % block + tile, x % block : x % block + tile]  # block is a multiple of tile
+             for y in range(0, side, tile) for x in range(0, side, tile))
+    tifffile.imwrite(scan, tiles, shape=(side, side), dtype=np.uint8, tile=(tile, tile), compression="zlib",
+                     bigtiff=True, photometric="minisblack")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--strokes", type=int, default=20)
+    parser.add_argument("--strokes", type=int, default=20, help="strokes on the EBC mosaic (0: skip that part)")
     parser.add_argument("--pan", type=float, default=60.0, help="seconds of panning on the 40 000² scan (0: skip)")
     parser.add_argument("--side", type=int, default=40_000)
     args = parser.parse_args()
@@ -84,7 +105,6 @@ def main() -> None:
     from dinosaw_deploy.napari_plugin import widget as widget_module
     from dinosaw_deploy.napari_plugin.session import LiveSession
     from dinosaw_deploy.segment.labels import scribbles_from_array
-    from dinosaw_deploy.synthetic import write_synthetic_tiff
     from dinosaw_deploy.tiling.pipeline import peak_rss_mb
 
     debounce = widget_module.PAINT_DEBOUNCE_MS / 1e3
@@ -94,58 +114,62 @@ def main() -> None:
 
     first = scribbles(truth, seed=0, frac=0.003)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "mosaic.tif"
-        tifffile.imwrite(path, image, tile=(512, 512), compression="zlib")
-        viewer = napari.Viewer(show=True)
-        viewer.window._qt_window.resize(1600, 1200)
-        viewer.open(str(path), plugin="dinosaw-deploy")
-        widget = widget_module.SegmentWidget(viewer)
-        viewer.window.add_dock_widget(widget)
-        widget.start()
-        widget.session.segmenter.threads = 2
-        viewer.scene.camera.zoom = 1.0
-        viewer.scene.camera.center = (0, 1024, 1024)
-        widget.wait()
-        start = time.perf_counter()
-        paint(widget.scribbles, first)
-        widget.wait()
-        box = widget._shown[0]
-        print(f"EBC mosaic {image.shape[0]}x{image.shape[1]}, visible box {box} "
-              f"({(box[1] - box[0]) * (box[3] - box[2]) / 1e6:.2f} Mpx): first view {time.perf_counter() - start:.2f} s")
-        bare_session = LiveSession(image, threads=2)
-        painted = first.copy()
-        token = bare_session.generations.new()
-        bare_session.train(painted, token)
-        list(bare_session.predict(box, token))  # its cache warm, as the widget's is after the first view
-        gui, gui_look, bare, bare_look = [], [], [], []
-        for stroke in strokes(truth, args.strokes, seed=1):
-            start = time.monotonic()
-            paint(widget.scribbles, stroke)
+        if args.strokes > 0:  # --strokes 0: the panning part alone
+            path = Path(tmp) / "mosaic.tif"
+            tifffile.imwrite(path, image, tile=(512, 512), compression="zlib")
+            viewer = napari.Viewer(show=True)
+            viewer.window._qt_window.resize(1600, 1200)
+            viewer.open(str(path), plugin="dinosaw-deploy")
+            widget = widget_module.SegmentWidget(viewer)
+            viewer.window.add_dock_widget(widget)
+            widget.start()
+            widget.session.segmenter.threads = 2
+            viewer.scene.camera.zoom = 1.0
+            viewer.scene.camera.center = (0, 1024, 1024)
             widget.wait()
-            gui.append(time.monotonic() - start)
-            gui_look.append(widget.previewed - start)
-            painted = np.where(stroke > 0, stroke, painted)
-            start = time.monotonic()
+            start = time.perf_counter()
+            paint(widget.scribbles, first)
+            widget.wait()
+            box = widget._shown[0]
+            print(f"EBC mosaic {image.shape[0]}x{image.shape[1]}, visible box {box} "
+                  f"({(box[1] - box[0]) * (box[3] - box[2]) / 1e6:.2f} Mpx): first view {time.perf_counter() - start:.2f} s")
+            bare_session = LiveSession(image, threads=2)
+            painted = first.copy()
             token = bare_session.generations.new()
-            bare_session.train(scribbles_from_array(painted), token)
-            list(bare_session.predict(box, token, preview=True))
-            bare_look.append(time.monotonic() - start)
-            list(bare_session.predict(box, token))
-            bare.append(time.monotonic() - start)
-        print(f"stroke -> first look at the whole view (strided, gui, incl. {debounce:.2f} s debounce): {pct(gui_look)}")
-        print(f"stroke -> full-resolution labels shown (gui): {pct(gui)}")
-        print(f"bare work (train + predict of the box, features cached): first look {pct(bare_look)}, full {pct(bare)}")
-        print(f"plugin overhead: {np.median(gui) - debounce:.2f} s / {np.median(bare):.2f} s = "
-              f"{(np.median(gui) - debounce) / np.median(bare):.2f}x (median, debounce excluded)")
-        print(f"cache: {widget.session.prepared.cache_stats}")
-        viewer.close()
+            bare_session.train(painted, token)
+            list(bare_session.predict(box, token))  # its cache warm, as the widget's is after the first view
+            gui, gui_look, bare, bare_look = [], [], [], []
+            for stroke in strokes(truth, args.strokes, seed=1):
+                start = time.monotonic()
+                paint(widget.scribbles, stroke)
+                widget.wait()
+                gui.append(time.monotonic() - start)
+                gui_look.append(widget.previewed - start)
+                painted = np.where(stroke > 0, stroke, painted)
+                start = time.monotonic()
+                token = bare_session.generations.new()
+                bare_session.train(scribbles_from_array(painted), token)
+                list(bare_session.predict(box, token, preview=True))
+                bare_look.append(time.monotonic() - start)
+                list(bare_session.predict(box, token))
+                bare.append(time.monotonic() - start)
+            print(f"stroke -> first look at the whole view (strided, gui, incl. {debounce:.2f} s debounce): {pct(gui_look)}")
+            print(f"stroke -> full-resolution labels shown (gui): {pct(gui)}")
+            print(f"bare work (train + predict of the box, features cached): first look {pct(bare_look)}, full {pct(bare)}")
+            print(f"plugin overhead: {np.median(gui) - debounce:.2f} s / {np.median(bare):.2f} s = "
+                  f"{(np.median(gui) - debounce) / np.median(bare):.2f}x (median, debounce excluded)")
+            print(f"cache: {widget.session.prepared.cache_stats}")
+            viewer.close()
         if args.pan <= 0:
             return
         scan = Path(tmp) / "big.tif"
         start = time.perf_counter()
-        write_synthetic_tiff(scan, args.side, args.side, seed=3, tile=512, compression="zlib")
         truth_path = Path(tmp) / "big_truth.tif"
-        write_synthetic_tiff(truth_path, 4096, 4096, seed=3, tile=512, compression="zlib", labels=True)
+        import multiprocessing  # written in a child, so its rendering does not count in this process's RSS
+
+        child = multiprocessing.get_context("spawn").Process(target=write_tiled_scan, args=(scan, truth_path, args.side))
+        child.start()
+        child.join()
         print(f"wrote the {args.side}² scan in {time.perf_counter() - start:.0f} s")
         viewer = napari.Viewer(show=True)
         viewer.window._qt_window.resize(1600, 1200)
@@ -153,7 +177,8 @@ def main() -> None:
         viewer.open(str(scan), plugin="dinosaw-deploy")
         widget = widget_module.SegmentWidget(viewer)
         viewer.window.add_dock_widget(widget)
-        print(f"opened in {time.perf_counter() - start:.1f} s, RSS peak {peak_rss_mb():.0f} MiB")
+        print(f"opened in {time.perf_counter() - start:.1f} s, RSS {rss_mb():.0f} MiB (process peak so far "
+              f"{peak_rss_mb():.0f} MiB)")
         viewer.scene.camera.zoom = 1.0
         viewer.scene.camera.center = (0, 1024, 1024)
         widget.wait()
@@ -162,13 +187,15 @@ def main() -> None:
         area = tifffile.imread(truth_path)[: widget.paint_box[1], : widget.paint_box[3]]
         paint(widget.scribbles, scribbles(area, seed=0, frac=0.003)[widget.paint_box[0]:, widget.paint_box[2]:])
         widget.wait()
-        rng, steps, start = np.random.default_rng(0), 0, time.perf_counter()
+        rng, steps, start, highest = np.random.default_rng(0), 0, time.perf_counter(), rss_mb()
         while time.perf_counter() - start < args.pan:
             viewer.scene.camera.center = (0, *rng.uniform(1024, args.side - 1024, 2))
             widget.wait()
             steps += 1
+            highest = max(highest, rss_mb())
         stats = widget.session.prepared.cache_stats
-        print(f"panned {steps} views in {args.pan:.0f} s: RSS peak {peak_rss_mb():.0f} MiB; cache {stats.nbytes / 2**20:.0f} "
+        print(f"panned {steps} views in {args.pan:.0f} s: RSS up to {highest:.0f} MiB (sampled after each view; process "
+              f"peak {peak_rss_mb():.0f} MiB, the stroke part included); cache {stats.nbytes / 2**20:.0f} "
               f"MiB of {stats.max_bytes / 2**20:.0f} MiB, {stats.evictions} evictions")
         viewer.close()
 

@@ -97,6 +97,12 @@ def test_napari_reader_levels_are_lazy_views_of_the_file(tmp_path, monkeypatch, 
     assert [lv.shape for lv in levels] == [(300, 420), (150, 210), (75, 105)]
     np.testing.assert_array_equal(levels[2][:, :], image[::4, ::4])
     np.testing.assert_array_equal(levels[1][3:9, 5], image[6:18:2, 10])
+    monkeypatch.setattr(napari_reader, "BAND_ROWS", 16)  # a strided level reads level 0 band by band
+    reads = []
+    read_region = levels[2].reader.read_region
+    monkeypatch.setattr(levels[2].reader, "read_region", lambda y, x, h, w: reads.append(h) or read_region(y, x, h, w))
+    np.testing.assert_array_equal(levels[2][:, :], image[::4, ::4])
+    assert len(reads) > 1 and max(reads) <= 16
     for path in (tmp_path / "x.png", tmp_path / "missing.tif"):
         assert napari_reader.get_reader(str(path)) is None
     (tmp_path / "bad.tif").write_bytes(b"not a tiff")

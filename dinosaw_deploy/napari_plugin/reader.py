@@ -18,6 +18,7 @@ from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.image.reader import TIFF_SUFFIXES, ImageReader, open_image
 
 COARSEST_SIDE = 2048  # levels are added until the smallest fits this
+BAND_ROWS = 512  # level-0 rows read at a time for a strided level
 
 
 class Level:
@@ -36,12 +37,24 @@ class Level:
         rows, cols = (key + (slice(None),) * 2)[:2]
         y0, y1 = _bounds(rows, self.shape[0])
         x0, x1 = _bounds(cols, self.shape[1])
-        s = self.stride
-        height, width = self.reader.shape
-        region = self.reader.read_region(y0 * s, x0 * s, min(y1 * s, height) - y0 * s, min(x1 * s, width) - x0 * s)
-        region = region[::s, ::s]
+        region = self._read(y0, y1, x0, x1)
         squeeze = tuple(0 if isinstance(k, (int, np.integer)) else slice(None) for k in (rows, cols))
         return region[squeeze + tuple(key[2:])]
+
+    def _read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Rows y0..y1, columns x0..x1 of this level: level-0 bands of about :data:`BAND_ROWS` rows read and
+        subsampled one at a time, so memory stays that of one band, never of the whole region at full size."""
+        s = self.stride
+        height, width = self.reader.shape
+        cols = min(x1 * s, width) - x0 * s
+        if s == 1:
+            return self.reader.read_region(y0, x0, y1 - y0, cols)
+        rows_per_band = max(1, BAND_ROWS // s)  # output rows per band
+        bands = []
+        for y in range(y0, y1, rows_per_band):
+            top, stop = y * s, min(min(y + rows_per_band, y1) * s, height)
+            bands.append(self.reader.read_region(top, x0 * s, stop - top, cols)[::s, ::s])
+        return np.concatenate(bands, axis=0)
 
     @property
     def size(self) -> int:
