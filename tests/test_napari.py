@@ -3,6 +3,7 @@ in a real viewer under Xvfb (pytest-xvfb starts it), painting strokes programmat
 from __future__ import annotations
 
 import os
+import weakref
 
 import numpy as np
 import pytest
@@ -98,11 +99,18 @@ def test_napari_reader_levels_are_lazy_views_of_the_file(tmp_path, monkeypatch, 
     np.testing.assert_array_equal(levels[2][:, :], image[::4, ::4])
     np.testing.assert_array_equal(levels[1][3:9, 5], image[6:18:2, 10])
     monkeypatch.setattr(napari_reader, "BAND_ROWS", 16)  # a strided level reads level 0 band by band
-    reads = []
+    reads, alive = [], []
     read_region = levels[2].reader.read_region
-    monkeypatch.setattr(levels[2].reader, "read_region", lambda y, x, h, w: reads.append(h) or read_region(y, x, h, w))
+
+    def read(y, x, h, w):  # records each band's height; the bands read before the last one must be freed
+        alive.append(all(band() is None for band in reads[:-1]))
+        band = read_region(y, x, h, w)
+        reads.append(weakref.ref(band))
+        return band
+
+    monkeypatch.setattr(levels[2].reader, "read_region", read)
     np.testing.assert_array_equal(levels[2][:, :], image[::4, ::4])
-    assert len(reads) > 1 and max(reads) <= 16
+    assert len(reads) > 2 and all(alive)  # a 40 000² scan's coarse level once held every band at full size
     for path in (tmp_path / "x.png", tmp_path / "missing.tif"):
         assert napari_reader.get_reader(str(path)) is None
     (tmp_path / "bad.tif").write_bytes(b"not a tiff")

@@ -53,7 +53,8 @@ class Level:
         bands = []
         for y in range(y0, y1, rows_per_band):
             top, stop = y * s, min(min(y + rows_per_band, y1) * s, height)
-            bands.append(self.reader.read_region(top, x0 * s, stop - top, cols)[::s, ::s])
+            band = self.reader.read_region(top, x0 * s, stop - top, cols)
+            bands.append(band[::s, ::s].copy())  # a copy: a strided view would keep the whole band alive
         return np.concatenate(bands, axis=0)
 
     @property
