@@ -167,7 +167,8 @@ def main() -> None:
         truth_path = Path(tmp) / "big_truth.tif"
         import multiprocessing  # written in a child, so its rendering does not count in this process's RSS
 
-        child = multiprocessing.get_context("spawn").Process(target=write_tiled_scan, args=(scan, truth_path, args.side))
+        child = multiprocessing.get_context("spawn").Process(target=write_tiled_scan,
+                                                             args=(scan, truth_path, args.side))
         child.start()
         child.join()
         print(f"wrote the {args.side}² scan in {time.perf_counter() - start:.0f} s")

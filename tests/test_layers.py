@@ -8,7 +8,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # Lower number = lower layer; a module may import only its own layer or lower ones.
-LAYERS = {"errors": 0, "schema": 0, "_version": 0, "files": 0, "synthetic": 0, "preflight": 0, "image": 1, "engine": 2, "tiling": 3,
+LAYERS = {"errors": 0, "schema": 0, "_version": 0, "files": 0, "synthetic": 0, "preflight": 0,
+          "image": 1, "engine": 2, "tiling": 3,
           "segment": 4, "probe": 4, "live": 5, "cluster": 5, "export": 6, "napari_plugin": 6, "cli": 7}
 
 

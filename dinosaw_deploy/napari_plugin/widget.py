@@ -230,8 +230,9 @@ class SegmentWidget(QWidget):
         self._run(self._predict_job, box, token)
 
     def _predict_job(self, box: Box, token: int):
-        """Yields (token, box, what, tile, labels): ``too large`` (or, from a retrain, ``too few`` classes), or ``start``, each strided ``tile`` of a first
-        look, ``preview`` (all of the view shown), each full-resolution ``tile``, ``done``."""
+        """Yields (token, box, what, tile, labels): ``too large`` (or, from a retrain, ``too few`` classes), or
+        ``start``, each strided ``tile`` of a first look, ``preview`` (all of the view shown), each
+        full-resolution ``tile``, ``done``."""
         if box_pixels(box) > MAX_LIVE_PIXELS:
             yield token, box, "too large", None, None
             return

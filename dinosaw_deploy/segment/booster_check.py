@@ -186,7 +186,8 @@ def _check_tree(tree: Tree, num_feature: int, where: str) -> None:
         bad = inner[(split[inner] < 0) | (split[inner] >= num_feature)]
         if bad.size:
             node = int(bad[0])
-            raise _Invalid(f"{where}.split_indices[{node}] = {split[node]} is not a feature index (0..{num_feature - 1})")
+            raise _Invalid(f"{where}.split_indices[{node}] = {split[node]} is not a feature index "
+                           f"(0..{num_feature - 1})")
         children = np.concatenate([left[inner], right[inner]])
         if np.any(parents[children] != np.concatenate([inner, inner])):
             raise _Invalid(f"{where}: parents do not match children")

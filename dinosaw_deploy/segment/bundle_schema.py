@@ -26,6 +26,7 @@ MIN_TILE, MAX_TILE = 16, 4096
 MAX_PATCH_SIZE, MAX_COMPONENTS, MAX_EMBED_DIM = 64, 1024, 8192
 MAX_CHANNELS = 100_000
 Fraction = Annotated[float, Meta(ge=0, le=1)]
+Histogram = Annotated[list[Fraction], Meta(min_length=HISTOGRAM_BINS, max_length=HISTOGRAM_BINS)]
 Normalize = Literal[NORMALIZATIONS]
 
 
@@ -64,7 +65,7 @@ class BundleConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     normalize: Normalize = "dtype"
     training: dict[str, Any] | None = None
     class_prior: list[Annotated[float, Meta(gt=0, le=1)]] | None = None
-    intensity_histogram: Annotated[list[Fraction], Meta(min_length=HISTOGRAM_BINS, max_length=HISTOGRAM_BINS)] | None = None
+    intensity_histogram: Histogram | None = None
 
     def __post_init__(self) -> None:
         for i, entry in enumerate(self.classes):

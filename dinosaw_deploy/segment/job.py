@@ -185,7 +185,8 @@ class ScanJob:
         seg = prepared.segmenter
         shift = seg.intensity_shift(prepared)
         if shift is not None and shift > SHIFT_WARNING:
-            hint = "" if seg.normalize != "dtype" else "; a model trained with --normalize percentile adapts to each scan"
+            hint = ("; a model trained with --normalize percentile adapts to each scan" if seg.normalize == "dtype"
+                    else "")
             self.run.echo(f"warning: {self.image.name} does not look like the training images (intensity shift "
                           f"{shift:.3f} of the range, above {SHIFT_WARNING}): expect poorer labels{hint}")
         return shift
