@@ -75,8 +75,8 @@ def block_batches(grid: TileGrid, box: Box, batch: int) -> list[list[Tile]]:
         lo, hi = grid.row_support(row)
         if lo >= r1 or hi <= r0:
             continue
-        tiles = grid.tiles(row)
-        batches += [tiles[k : k + batch] for k in range(0, len(tiles), batch) if any(reach_x[k : k + batch])]
+        batches += [chunk for k, chunk in enumerate(grid.batches(row, batch))
+                    if any(reach_x[k * batch : (k + 1) * batch])]
     return batches
 
 

@@ -152,6 +152,12 @@ class TileGrid:
         rows = range(self.rows) if row is None else (row,)
         return [Tile(i, j, self.origins_y[i], x) for i in rows for j, x in enumerate(self.origins_x)]
 
+    def batches(self, row: int, batch: int) -> list[list[Tile]]:
+        """The engine batches of tile row ``row``: ``batch`` consecutive tiles each (the last may be shorter).
+        The in-process pipeline and the cluster's feature blocks both batch this way, so their outputs match."""
+        tiles = self.tiles(row)
+        return [tiles[k : k + batch] for k in range(0, len(tiles), batch)]
+
     def pixel_region(self, tile: Tile) -> tuple[int, int, int, int]:
         """(y0, x0, height, width) in pixels of ``tile``'s image region, as ``read_region`` takes them."""
         p = self.patch_size

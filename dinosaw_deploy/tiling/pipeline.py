@@ -86,10 +86,9 @@ def _batches(
     th = grid.tile_h * p
     for row in range(first_row, grid.rows):
         band = reader.read_region(grid.origins_y[row] * p, 0, th, grid.grid_w * p)
-        tiles = grid.tiles(row)
-        for k in range(0, len(tiles), batch):
-            chunk = tiles[k : k + batch]
-            yield row, chunk, tile_batch(band, 0, chunk, grid, extractor, intensity_range), k + batch >= len(tiles)
+        chunks = grid.batches(row, batch)
+        for k, chunk in enumerate(chunks):
+            yield row, chunk, tile_batch(band, 0, chunk, grid, extractor, intensity_range), k == len(chunks) - 1
 
 
 class _Prefetcher(threading.Thread):
