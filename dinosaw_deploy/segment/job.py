@@ -54,16 +54,19 @@ class ScanResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def ome_suffix(name: str) -> str | None:
+    """The output suffix of :data:`SUFFIXES` that ``name`` ends with (any case), or None."""
+    lowered = name.lower()
+    return next((suffix for suffix in SUFFIXES if lowered.endswith(suffix)), None)
+
+
 def output_paths(output: str | os.PathLike, probabilities: bool) -> dict[str, Path]:
     """The files a run writes: labels (``X.ome.tif`` or ``X.ome.zarr``), preview PNG, optional probabilities."""
     output = Path(output)
-    name = output.name
-    for suffix in SUFFIXES:
-        if name.lower().endswith(suffix):
-            stem = name[: -len(suffix)]
-            break
-    else:
+    suffix = ome_suffix(output.name)
+    if suffix is None:
         raise DinosawError(f"output must end in .ome.tif, .ome.tiff or .ome.zarr, got {output.name}")
+    stem = output.name[: -len(suffix)]
     paths = {"labels": output, "preview": output.with_name(f"{stem}.preview.png")}
     if probabilities:
         kind = ".ome.zarr" if suffix == ".ome.zarr" else ".ome.tif"

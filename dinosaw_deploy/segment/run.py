@@ -27,7 +27,7 @@ from dinosaw_deploy.files import atomic_path, check_output, output_lock
 from dinosaw_deploy.image.reader import open_image
 from dinosaw_deploy.preflight import Planned, check_pixels, check_space, feature_store_bytes, out_of_space
 from dinosaw_deploy.segment.bundle import ModelFile
-from dinosaw_deploy.segment.job import SUFFIXES, ScanJob, ScanResult, add_patch_grid, output_paths, require_inputs
+from dinosaw_deploy.segment.job import ScanJob, ScanResult, add_patch_grid, ome_suffix, output_paths, require_inputs
 from dinosaw_deploy.segment.labels import describe_classes, load_scribbles
 from dinosaw_deploy.segment.options import ModelOptions, PredictOptions, RunOptions
 from dinosaw_deploy.segment.segmenter import Segmenter
@@ -152,16 +152,13 @@ def fit_scans(pairs: Sequence[tuple[str | os.PathLike, str | os.PathLike]], outp
 
 def scan_stem(image: Path) -> str:
     """``a.ome.tif`` / ``a.tif`` / ``a.png`` -> ``a``: the name of an image's outputs in a folder."""
-    name = image.name
-    for suffix in SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return image.stem
+    suffix = ome_suffix(image.name)
+    return image.stem if suffix is None else image.name[: -len(suffix)]
 
 
 def _targets(images: list[Path], output: Path, as_folder: bool, probabilities: bool) -> list[Path]:
     """The label file of each image: ``output`` itself for one image, else ``output/<stem>.ome.tif``."""
-    if output.name.lower().endswith(SUFFIXES) or not as_folder:
+    if ome_suffix(output.name) is not None or not as_folder:
         if len(images) > 1:
             raise DinosawError(f"{len(images)} images need an output folder, not the file {output.name}")
         output_paths(output, probabilities)  # a file name we can write, or a clear error
