@@ -216,11 +216,18 @@ def test_segment_and_apply_identical_on_a_cluster(scan, tiny_engine, scheduler, 
     np.testing.assert_array_equal(np.asarray(open_level(tmp_path / "a.ome.zarr", mode="r")), reference)
     np.testing.assert_array_equal(np.asarray(open_level(tmp_path / "a.probabilities.ome.zarr", mode="r")),
                                   probabilities)
-    result = runner.invoke(main, [str(a) for a in ("apply", tmp_path / "img.tif", "--model", tmp_path / "ref.dsw",
-                                                   "-o", tmp_path / "b.ome.tif", "--engine", tiny_engine, "--modal",
-                                                   "1", "--cluster", address, "--block", 1024)])  # 1 block
-    assert result.exit_code == 0, result.output
-    np.testing.assert_array_equal(tifffile.imread(tmp_path / "b.ome.tif"), reference)
+
+    def apply(out: Path, *extra) -> np.ndarray:
+        result = runner.invoke(main, [str(a) for a in ("apply", tmp_path / "img.tif", "--model", tmp_path / "ref.dsw",
+                                                       "-o", out, "--engine", tiny_engine, "--modal", "1", *extra)])
+        assert result.exit_code == 0, result.output
+        return tifffile.imread(out)
+
+    np.testing.assert_array_equal(apply(tmp_path / "b.ome.tif", "--cluster", address, "--block", 1024), reference)
+    exact = apply(tmp_path / "exact.ome.tif", "--exact")  # every pixel classified: the cluster passes it on
+    np.testing.assert_array_equal(apply(tmp_path / "c.ome.tif", "--exact", "--cluster", address, "--block", 512),
+                                  exact)
+    assert 0 < np.mean(exact != reference) < 1e-3
 
 
 def test_failing_block_is_named_and_nothing_is_complete(tiny_engine, scheduler, tmp_path):

@@ -10,6 +10,7 @@ from dinosaw_deploy.image.reader import ArrayRegions
 from dinosaw_deploy.segment.classifier import ClassifierParams
 from dinosaw_deploy.segment.filters import FilterBank, FilterBankConfig
 from dinosaw_deploy.segment.labels import scribbles_from_array
+from dinosaw_deploy.segment.refine import GRID
 from dinosaw_deploy.segment.segmenter import Segmenter
 from dinosaw_deploy.synthetic import synthetic_micrograph, synthetic_scribbles
 
@@ -40,14 +41,19 @@ def counting(seg: Segmenter, monkeypatch) -> list:
 @pytest.mark.parametrize("modal", [0, 2])
 def test_any_box_equals_the_whole_image_prediction(data, seg, modal):
     image = data[0]
-    whole, whole_probs = seg.predict(image, modal=modal), seg.predict_proba(image)
+    whole = seg.predict(image, modal=modal)  # labels refined from the coarse grid
+    every_pixel, whole_probs = seg.prepare(image, cache_bytes=0).predict(modal=modal, exact=True)
     prepared = seg.prepare(image)
-    box = (37, 171, 50, 241)  # crosses tile borders in both axes
-    labels, probs = prepared.predict(box, modal=modal)
-    np.testing.assert_array_equal(labels, whole[37:171, 50:241])
+    box = (37, 171, 50, 241)  # crosses tile borders and grid cells in both axes
+    inner = (slice(37, 171), slice(50, 241))
+    labels, probs = prepared.predict(box, modal=modal)  # the labels do not depend on writing probabilities
+    np.testing.assert_array_equal(labels, whole[inner])
+    np.testing.assert_array_equal(prepared.labels(box, modal=modal, exact=True), every_pixel[inner])
+    np.testing.assert_array_equal(probs, whole_probs[(slice(None), *inner)])
     if modal == 0:
-        np.testing.assert_array_equal(probs, whole_probs[:, 37:171, 50:241])
+        np.testing.assert_array_equal(every_pixel, whole_probs.argmax(axis=0) + 1)
     np.testing.assert_array_equal(prepared.labels(modal=modal), whole)
+    assert 0 < np.mean(whole != every_pixel) < 0.005
 
 
 def test_repeated_and_overlapping_requests_reuse_the_features(data, seg, monkeypatch):
@@ -131,15 +137,16 @@ def test_vit_features_are_computed_once_per_image(data, tiny_engine, monkeypatch
     np.testing.assert_array_equal(labels_a, vit.predict(image))
 
 
-@pytest.mark.parametrize("stride", [2, 3])
-def test_a_strided_preview_is_the_full_prediction_at_its_sampled_pixels(data, seg, stride):
+def test_a_preview_is_the_full_prediction_at_the_grid_pixels(data, seg):
     prepared = seg.prepare(data[0])
-    box = (10, 95, 20, 96)
+    box = (10, 95, 20, 96)  # starts off the grid
     full, _ = seg.predict_box(prepared, box)
-    preview, probs = seg.predict_box(prepared, box, stride=stride)
+    preview, probs = seg.predict_box(prepared, box, preview=True)
     assert preview.shape == full.shape and probs.shape[1:] == full.shape
-    np.testing.assert_array_equal(preview[::stride, ::stride], full[::stride, ::stride])
-    cells = np.repeat(np.repeat(preview[::stride, ::stride], stride, 0), stride, 1)[: full.shape[0], : full.shape[1]]
-    np.testing.assert_array_equal(preview, cells)  # each sample fills its stride x stride cell
-    with pytest.raises(DinosawError, match="stride"):
-        seg.predict_box(prepared, box, stride=2, modal=1)
+    ys, xs = np.arange(12, 95, GRID) - 10, np.arange(21, 96, GRID) - 20  # image rows/cols on the grid
+    np.testing.assert_array_equal(preview[np.ix_(ys, xs)], full[np.ix_(ys, xs)])
+    cells = np.repeat(np.repeat(preview[np.ix_(ys, xs)], GRID, 0), GRID, 1)
+    np.testing.assert_array_equal(preview[2:, 1:], cells[: full.shape[0] - 2, : full.shape[1] - 1])
+    np.testing.assert_array_equal(preview[0], preview[1])  # image rows 10 and 11: the cell of grid row 9
+    with pytest.raises(DinosawError, match="preview"):
+        seg.predict_box(prepared, box, preview=True, modal=1)

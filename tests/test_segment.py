@@ -45,7 +45,9 @@ def test_learns_the_synthetic_classes(data, classical):
     probs = classical.predict_proba(image)
     assert probs.shape == (3, *truth.shape)
     np.testing.assert_allclose(probs.sum(axis=0), 1, atol=1e-5)
-    np.testing.assert_array_equal(probs.argmax(axis=0) + 1, pred)
+    every_pixel = probs.argmax(axis=0) + 1
+    np.testing.assert_array_equal(classical.prepare(image).labels(exact=True), every_pixel)
+    assert np.mean(pred != every_pixel) < 0.005  # labels refined from a coarse grid: a few pixels differ
     other, other_truth = synthetic_micrograph(200, 200, seed=9)  # unseen image
     assert balanced_accuracy(classical.predict(other), other_truth) > 0.85
 

@@ -13,6 +13,7 @@ from dinosaw_deploy.cli._options import (
     feature_options,
     max_pixels_option,
     open_engine,
+    prediction_options,
     training_options,
 )
 from dinosaw_deploy.cli._progress import TileProgress
@@ -30,9 +31,7 @@ from dinosaw_deploy.image.reader import require_file
               help="Exported engine (.onnx/.plan, any family) for ViT features [engines/alibi_dv2_vits14.onnx if present].")
 @click.option("--no-vit", is_flag=True, help="Classical features only.")
 @click.option("--save-model", type=click.Path(path_type=Path), default=None, help="Also save the model (.dsw).")
-@click.option("--probabilities", is_flag=True, help="Also write per-class probabilities (*.probabilities.ome.tif).")
-@click.option("--modal", type=click.IntRange(0, 256), default=0, help="Majority filter radius in px (0 = off).")
-@click.option("--crf", is_flag=True, help="Dense-CRF post-processing per tile (needs the 'crf' extra).")
+@prediction_options
 @training_options
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--ground-truth", type=click.Path(path_type=Path), default=None,
@@ -42,7 +41,7 @@ from dinosaw_deploy.image.reader import require_file
 @cluster_options
 @max_pixels_option
 def segment_command(image: Path, labels_path: Path, output: Path, engine: Path | None, no_vit: bool,
-                    save_model: Path | None, probabilities: bool, modal: int, crf: bool, contrast: str, normalize: str,
+                    save_model: Path | None, probabilities: bool, exact: bool, modal: int, crf: bool, contrast: str, normalize: str,
                     rounds: int,
                     max_depth: int, device: str, threads: int | None, overwrite: bool, ground_truth: Path | None,
                     backend: str, bias_jitter: float, debias: Path | None, cluster: str | None, block: int | None,
@@ -60,7 +59,7 @@ def segment_command(image: Path, labels_path: Path, output: Path, engine: Path |
     with TileProgress() as progress, cluster_executor(cluster, block, threads, backend, connect_timeout) as executor:
         extractor = open_engine(engine, no_vit, backend, bias_jitter=bias_jitter, debias=debias)
         segment_scan(image, labels_path, output, extractor=extractor, save_model=save_model, ground_truth=ground_truth,
-                     model=model, predict=PredictOptions(probabilities=probabilities, modal=modal, crf=crf),
+                     model=model, predict=PredictOptions(probabilities=probabilities, modal=modal, crf=crf, exact=exact),
                      run=RunOptions(overwrite=overwrite, threads=threads, device=device, echo=click.echo,
                                     progress=progress, executor=executor, max_pixels=max_pixels))
 
@@ -74,9 +73,7 @@ def segment_command(image: Path, labels_path: Path, output: Path, engine: Path |
                    "for several.")
 @click.option("--engine", type=click.Path(path_type=Path), default=None,
               help="The engine the model was trained with (ViT models) [engines/alibi_dv2_vits14.onnx].")
-@click.option("--probabilities", is_flag=True, help="Also write per-class probabilities (*.probabilities.ome.tif).")
-@click.option("--modal", type=click.IntRange(0, 256), default=0, help="Majority filter radius in px (0 = off).")
-@click.option("--crf", is_flag=True, help="Dense-CRF post-processing per tile (needs the 'crf' extra).")
+@prediction_options
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads [all cores].")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (else finished images are skipped).")
 @click.option("--ground-truth", "ground_truths", multiple=True, type=click.Path(path_type=Path),
@@ -86,7 +83,7 @@ def segment_command(image: Path, labels_path: Path, output: Path, engine: Path |
 @cluster_options
 @max_pixels_option
 def apply_command(images: tuple[Path, ...], model_path: Path, output: Path, engine: Path | None, probabilities: bool,
-                  modal: int, crf: bool, threads: int | None, overwrite: bool, ground_truths: tuple[Path, ...],
+                  exact: bool, modal: int, crf: bool, threads: int | None, overwrite: bool, ground_truths: tuple[Path, ...],
                   backend: str, bias_jitter: float, debias: Path | None, cluster: str | None, block: int | None,
                   connect_timeout: float, max_pixels: int) -> None:
     """Segment one or more IMAGES with a model saved by `fit` or `segment --save-model`."""
@@ -100,6 +97,6 @@ def apply_command(images: tuple[Path, ...], model_path: Path, output: Path, engi
     with TileProgress() as progress, cluster_executor(cluster, block, threads, backend, connect_timeout) as executor:
         extractor = open_engine(engine, not uses_vit, backend, required=True, bias_jitter=bias_jitter, debias=debias)
         apply_scans(images, model, output, extractor=extractor, ground_truths=ground_truths,
-                    predict=PredictOptions(probabilities=probabilities, modal=modal, crf=crf),
+                    predict=PredictOptions(probabilities=probabilities, modal=modal, crf=crf, exact=exact),
                     run=RunOptions(overwrite=overwrite, threads=threads, echo=click.echo, progress=progress,
                                    executor=executor, max_pixels=max_pixels))

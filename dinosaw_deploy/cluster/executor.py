@@ -38,6 +38,7 @@ from dinosaw_deploy.errors import DinosawError
 from dinosaw_deploy.files import fingerprint
 from dinosaw_deploy.image.reader import ImageReader
 from dinosaw_deploy.segment.merger import ZarrMerger
+from dinosaw_deploy.segment.options import PredictOptions
 from dinosaw_deploy.segment.prepared import PreparedImage
 from dinosaw_deploy.tiling.grid import TileGrid
 from dinosaw_deploy.tiling.pipeline import extract_tiled
@@ -154,7 +155,7 @@ class DaskExecutor:
         self.stats["features"] = extract_tiled(reader, extractor, store, intensity_range=intensity_range,
                                                progress=progress, runner=self.runner)
 
-    def predict(self, prepared: PreparedImage, merger: ZarrMerger, *, modal: int, crf: bool,
+    def predict(self, prepared: PreparedImage, merger: ZarrMerger, options: PredictOptions, *,
                 echo: Callable[[str], None], progress: Progress | None) -> None:
         seg, gray, grid = prepared.segmenter, prepared.gray, prepared.grid
         merger = merger.within(MARKERS)  # per-block markers, apart from an in-process run's per-tile ones
@@ -170,8 +171,8 @@ class DaskExecutor:
             raise DinosawError("a cluster run reads ViT features from a feature store on disk")
         job = PredictJob(image=image_ref(gray.source), bundle=bundle, threads=self.threads,
                          intensity_range=gray.intensity_range, contrast=gray.contrast,
-                         store=None if store is None else str(Path(store).resolve()), modal=modal, crf=crf,
-                         merger=merger)
+                         store=None if store is None else str(Path(store).resolve()), modal=options.modal,
+                         crf=options.crf, exact=options.exact, merger=merger)
         self.stats["predict"] = run_blocks(self.client, predict_block, job,
                                            [(n, g) for n, g in groups.items() if n in todo], stage="predict",
                                            progress=progress)

@@ -79,6 +79,7 @@ class PredictJob:
     store: str | None  # the ViT feature store, for ViT models
     modal: int
     crf: bool
+    exact: bool
     merger: ZarrMerger  # the labels / probabilities arrays and the block markers
 
 
@@ -148,7 +149,9 @@ def predict_block(job: PredictJob, boxes: list[Box]) -> dict[str, float]:
     with job.image.open() as reader:
         prepared = seg.prepare(reader, intensity_range=job.intensity_range, contrast=job.contrast, grid=grid,
                                cache_bytes=0)
-        for box, tile_labels, tile_probs in prepared.tiles(boxes, modal=job.modal, crf=job.crf):
+        tiles = prepared.tiles(boxes, modal=job.modal, crf=job.crf, exact=job.exact,
+                               probabilities=job.merger.stores_probabilities)
+        for box, tile_labels, tile_probs in tiles:
             job.merger.aggregate(box, tile_labels, tile_probs)
     job.merger.mark(block_name(extent(boxes)))
     return {"tiles": len(boxes), "seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb()}

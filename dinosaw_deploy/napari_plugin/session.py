@@ -27,7 +27,6 @@ from dinosaw_deploy.tiling.store import PatchGrid
 from .viewport import Generations
 
 LIVE_TILE, LIVE_ROUNDS = 256, 30
-PREVIEW_STRIDE = 3  # the first pass after a stroke classifies every 3rd pixel of every 3rd row (9x cheaper)
 
 
 class LiveSession:
@@ -75,11 +74,12 @@ class LiveSession:
 
     def predict(self, box: Box, token: int, *, preview: bool = False) -> Iterator[tuple[Box, np.ndarray]]:
         """(tile box, labels) of every tile overlapping ``box``, computed only where the current model
-        has not done so yet; stops when ``token`` goes stale. ``preview``: strided labels
-        (:data:`PREVIEW_STRIDE`) of the tiles that have no full labels yet, for a first look."""
+        has not done so yet; stops when ``token`` goes stale. ``preview``: the labels of the
+        classifier's grid (every 3rd pixel of every 3rd row, 9x cheaper) of the tiles that have no full
+        labels yet, for a first look."""
         if not self.trained:
             raise DinosawError("paint scribbles of at least two classes first")
-        store, stride = (self._previews, PREVIEW_STRIDE) if preview else (self._tiles, 1)
+        store = self._previews if preview else self._tiles
         with self._work:
             for tile in self.prepared.covering_tiles(self.prepared.check_box(box)):
                 if not self.generations.is_current(token):
@@ -88,7 +88,7 @@ class LiveSession:
                     continue
                 labels = store.get(tile)
                 if labels is None:
-                    labels = self.segmenter.predict_box(self.prepared, tile, stride=stride)[0]
+                    labels = self.segmenter.predict_box(self.prepared, tile, preview=preview, probabilities=False)[0]
                     store[tile] = labels
                 yield tile, labels
 

@@ -201,8 +201,7 @@ class ScanJob:
         seg, echo, options = prepared.segmenter, self.run.echo, self.predict_options
         merger = self._merger(seg)
         if self.run.executor is not None:
-            self.run.executor.predict(prepared, merger, modal=options.modal, crf=options.crf, echo=echo,
-                                      progress=self.run.progress)
+            self.run.executor.predict(prepared, merger, options, echo=echo, progress=self.run.progress)
         else:
             self._predict_here(prepared, merger)
         # scored before an OME-Zarr target moves
@@ -218,7 +217,8 @@ class ScanJob:
         if len(todo) < len(boxes):
             echo(f"{len(boxes) - len(todo)} of {len(boxes)} tiles already predicted")
         echo(f"predicting {len(todo)} tiles ...")
-        tiles = prepared.tiles(todo, modal=options.modal, crf=options.crf)
+        tiles = prepared.tiles(todo, modal=options.modal, crf=options.crf, exact=options.exact,
+                               probabilities=merger.stores_probabilities)
         for count, (box, tile_labels, tile_probs) in enumerate(tiles, start=1):
             merger.aggregate(box, tile_labels, tile_probs)
             merger.mark(_tile_name(box))

@@ -1,6 +1,7 @@
 """Where predicted tiles go: one interface for every front door (MONAI's ``Merger``).
 
-``aggregate(box, labels, probabilities)`` once per predicted tile, ``finalize()`` once at the end.
+``aggregate(box, labels, probabilities)`` once per predicted tile, ``finalize()`` once at the end;
+``stores_probabilities`` says whether a predictor must compute every pixel's probabilities.
 :class:`ArrayMerger` assembles a region in memory (the Python API, the live processor, the viewer);
 :class:`ZarrMerger` writes into zarr arrays on disk (a job's work store, or the level 0 of an OME-Zarr
 target) with done markers, so a cut job resumes where it stopped; it is a small picklable value, so a
@@ -26,6 +27,10 @@ class ArrayMerger:
         y0, y1, x0, x1 = box
         self.labels = np.empty((y1 - y0, x1 - x0), np.uint8)
         self.probabilities = np.empty((classes, y1 - y0, x1 - x0), np.float32) if probabilities else None
+
+    @property
+    def stores_probabilities(self) -> bool:
+        return self.probabilities is not None
 
     def aggregate(self, box: Box, labels: np.ndarray, probabilities: np.ndarray | None) -> None:
         (ty0, ty1, tx0, tx1), (y0, y1, x0, x1) = box, self.box
@@ -53,6 +58,10 @@ class ZarrMerger:
         """A merger on these arrays (absolute paths, so it means the same on a worker), creating ``markers``."""
         Path(markers).mkdir(parents=True, exist_ok=True)
         return cls({k: str(Path(v).resolve()) for k, v in targets.items()}, str(Path(markers).resolve()))
+
+    @property
+    def stores_probabilities(self) -> bool:
+        return "probabilities" in self.targets
 
     def within(self, folder: str) -> ZarrMerger:
         """The same arrays with markers in a subfolder (a cluster's per-block markers)."""

@@ -42,10 +42,10 @@ class Executor(Protocol):
                 intensity_range: tuple[float, float], progress: Progress | None) -> None:
         """Write ``reader``'s feature store to ``store``, as ``extract_tiled`` does under ``intensity_range``."""
 
-    def predict(self, prepared: PreparedImage, merger: ZarrMerger, *, modal: int, crf: bool,
+    def predict(self, prepared: PreparedImage, merger: ZarrMerger, options: PredictOptions, *,
                 echo: Echo, progress: Progress | None) -> None:
-        """Predict every tile of ``prepared.segmenter.tile`` not yet done into ``merger`` (marking what it did,
-        so a cut run resumes)."""
+        """Predict every tile of ``prepared.segmenter.tile`` not yet done into ``merger`` as ``options`` say
+        (marking what it did, so a cut run resumes)."""
 
 
 @dataclass(frozen=True)
@@ -73,12 +73,15 @@ class ModelOptions:
 
 @dataclass(frozen=True)
 class PredictOptions:
-    """What a prediction writes besides the labels (``probabilities``) and how it smooths them
-    (``modal``: majority-filter radius in px, 0 = off; ``crf``: dense CRF per tile)."""
+    """What a prediction writes besides the labels (``probabilities``), how it labels pixels (``exact``:
+    the most probable class of every pixel, instead of a coarse grid refined near class boundaries, see
+    :mod:`~dinosaw_deploy.segment.refine`) and how it smooths them (``modal``: majority-filter radius in
+    px, 0 = off; ``crf``: dense CRF per tile)."""
 
     probabilities: bool = False
     modal: int = 0
     crf: bool = False
+    exact: bool = False
 
     def __post_init__(self) -> None:
         check_modal(self.modal)

@@ -46,8 +46,9 @@ class Model(Protocol):
     tile: int
     label_classes: list
 
-    def predict_tiles(self, prepared: PreparedImage, boxes: Iterable[Box], *, modal: int = 0, crf: bool = False
-                      ) -> Iterator[tuple[Box, np.ndarray, np.ndarray]]: ...
+    def predict_tiles(self, prepared: PreparedImage, boxes: Iterable[Box], *, modal: int = 0, crf: bool = False,
+                      exact: bool = False, probabilities: bool = True
+                      ) -> Iterator[tuple[Box, np.ndarray, np.ndarray | None]]: ...
 
 
 class GrayImage:
@@ -210,24 +211,29 @@ class PreparedImage:
             return classical
         return np.concatenate([classical, pca.region(self.grid, box)])
 
-    def tiles(self, boxes: Iterable[Box], *, modal: int = 0, crf: bool = False
-              ) -> Iterator[tuple[Box, np.ndarray, np.ndarray]]:
-        """(box, labels, probabilities) of every box, in order (the segmenter's ``predict_tiles``)."""
-        return self.segmenter.predict_tiles(self, boxes, modal=modal, crf=crf)
+    def tiles(self, boxes: Iterable[Box], *, modal: int = 0, crf: bool = False, exact: bool = False,
+              probabilities: bool = True) -> Iterator[tuple[Box, np.ndarray, np.ndarray | None]]:
+        """(box, labels, probabilities or None) of every box, in order (the segmenter's ``predict_tiles``)."""
+        return self.segmenter.predict_tiles(self, boxes, modal=modal, crf=crf, exact=exact,
+                                            probabilities=probabilities)
 
-    def predict(self, box: Box | None = None, *, modal: int = 0, crf: bool = False,
+    def predict(self, box: Box | None = None, *, modal: int = 0, crf: bool = False, exact: bool = False,
                 probabilities: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """(labels (h, w) uint8 1..K, probabilities (K, h, w) float32 or None) of ``box`` (default: the
-        whole image), computed tile by tile on the segmenter's tile grid."""
+        whole image), computed tile by tile on the segmenter's tile grid (``exact``: see the segmenter's
+        ``predict_box``)."""
         box = self.check_box(box)
         merger = ArrayMerger(box, len(self.segmenter.label_classes), probabilities)
-        for tile, tile_labels, tile_probs in self.tiles(self.covering_tiles(box), modal=modal, crf=crf):
+        tiles = self.tiles(self.covering_tiles(box), modal=modal, crf=crf, exact=exact,
+                           probabilities=merger.stores_probabilities)
+        for tile, tile_labels, tile_probs in tiles:
             merger.aggregate(tile, tile_labels, tile_probs)
         return merger.finalize()
 
-    def labels(self, box: Box | None = None, *, modal: int = 0, crf: bool = False) -> np.ndarray:
+    def labels(self, box: Box | None = None, *, modal: int = 0, crf: bool = False, exact: bool = False
+               ) -> np.ndarray:
         """(h, w) uint8 labels 1..K of ``box`` (default: the whole image)."""
-        return self.predict(box, modal=modal, crf=crf, probabilities=False)[0]
+        return self.predict(box, modal=modal, crf=crf, exact=exact, probabilities=False)[0]
 
     def probabilities(self, box: Box | None = None) -> np.ndarray:
         """(K, h, w) float32 class probabilities of ``box`` (default: the whole image)."""
