@@ -57,7 +57,7 @@ def prediction_options(command):
         click.option("--probabilities", is_flag=True, help="Also write per-class probabilities (*.probabilities.ome.tif)."),
         click.option("--exact", is_flag=True,
                      help="Classify every pixel (default: a 3-px grid, then each pixel near a class boundary or "
-                          "uncertain: about 5x less classifier time, the same labels on > 99.9 % of pixels; a "
+                          "uncertain: about 4x less classifier time, the same labels on > 99.9 % of pixels; a "
                           "1-2 px structure the grid misses is lost)."),
         click.option("--modal", type=click.IntRange(0, 256), default=0, help="Majority filter radius in px (0 = off)."),
         click.option("--crf", is_flag=True, help="Dense-CRF post-processing per tile (needs the 'crf' extra)."),
