@@ -1,4 +1,4 @@
-"""Labels of a feature stack from a coarse grid, refined where it is uncertain.
+"""Labels of a box from the classifier's coarse grid, refined where the grid is mixed or uncertain.
 
 The classifier runs on the pixels whose image row and column are multiples of ``GRID``; a grid cell whose
 four corners agree on a class, each by a probability margin of at least ``MARGIN``, takes that class, and

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +204,7 @@ class Segmenter:
         on that image); the classes are the sorted union of the label values
         of all label files (:func:`unify_classes`); at most ``max_samples_per_class`` pixels per class
         are drawn over all images together; the ViT PCA is fitted on tokens pooled from every grid."""
+        xgboost = _xgboost()
         if not items:
             raise DinosawError("no training images")
         for prepared, scribbles in items:
@@ -230,11 +230,8 @@ class Segmenter:
         samples = subsample_many(scribbles, per_class, seed=self.classifier.seed)
         groups = [self._tile_groups(prepared, sample) for prepared, sample in zip(images, samples)]
         per_tile = PRIOR_PIXELS // sum(map(len, groups)) if self.estimate_prior else 0
-        with ThreadPoolExecutor(1) as importer:  # xgboost's import (~1 s beside scikit-learn) while features run
-            loading = importer.submit(_xgboost)
-            gathered = [self._gather(prepared, sample, tiles, progress, per_tile)
-                        for prepared, sample, tiles in zip(images, samples, groups)]
-        xgboost = loading.result()
+        gathered = [self._gather(prepared, sample, tiles, progress, per_tile)
+                    for prepared, sample, tiles in zip(images, samples, groups)]
         x = np.concatenate([g[0] for g in gathered])
         y = np.concatenate([g[1] for g in gathered])
         counts = np.bincount(y, minlength=k)
