@@ -323,9 +323,9 @@ class Segmenter:
         """(labels (h, w) uint8 1..K, probabilities (K, h, w) float32 or None) of ``box`` of a prepared image.
 
         The labels come from a coarse grid refined near class boundaries
-        (:mod:`~dinosaw_deploy.segment.refine`: about 4x less classifier time, the same labels as
-        classifying every pixel on > 99.96 % of the pixels); ``exact``: the most probable class of every
-        pixel. ``probabilities``: every pixel's class probabilities as well (else None). Post-processing
+        (:mod:`~dinosaw_deploy.segment.refine`: about 4x less classifier time, on real micrographs the
+        same labels as classifying every pixel on > 99.96 % of the pixels); ``exact``: the most probable
+        class of every pixel. ``probabilities``: every pixel's class probabilities as well (else None). Post-processing
         reads a halo around the box (``modal`` px for the majority filter, 64 px for the CRF) so a tile's
         labels equal the whole image's. ``preview``: only the grid is classified and each grid pixel's
         class and probabilities fill its cell, a ``GRID``²-times cheaper first look (no post-processing;
