@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048, help="side of the generated scan in px")
     parser.add_argument("--out", type=Path, default=ROOT / "examples" / "output")
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)  # the example's own folder: a rerun replaces what it wrote there
 
     scan = write_synthetic_tiff(args.out / "sample_scan.tif", args.size, args.size, seed=1)
     truth_path = write_synthetic_tiff(args.out / "sample_truth.tif", args.size, args.size, seed=1, labels=True)
@@ -46,11 +46,11 @@ def main() -> None:
     print(f"1. generated {scan.name} ({args.size}x{args.size}), its ground truth and {scribbles.name}")
 
     if args.checkpoint:
-        result = run_export(args.checkpoint, out_dir=args.out, echo=print)
+        result = run_export(args.checkpoint, out_dir=args.out, echo=print, overwrite=True)
     else:
         print("   no --checkpoint: exporting the tiny random-weight test model")
         result = run_export(TINY / "weights_timm.pth", out_dir=args.out, name="tiny_demo",
-                            config_path=TINY / "config.json", echo=print)
+                            config_path=TINY / "config.json", echo=print, overwrite=True)
     engine = result.artifacts[0]
     print(f"2. exported {engine.name}, verified against PyTorch")
 
