@@ -1,7 +1,6 @@
 """Where predicted tiles go: one interface for every front door (MONAI's ``Merger``).
 
-``aggregate(box, labels, probabilities)`` once per predicted tile, ``finalize()`` once at the end;
-``stores_probabilities`` says whether a predictor must compute every pixel's probabilities.
+``aggregate(box, labels, probabilities)`` once per predicted tile, ``finalize()`` once at the end.
 :class:`ArrayMerger` assembles a region in memory (the Python API, the live processor, the viewer);
 :class:`ZarrMerger` writes into zarr arrays on disk (a job's work store, or the level 0 of an OME-Zarr
 target) with done markers, so a cut job resumes where it stopped; it is a small picklable value, so a
@@ -27,10 +26,6 @@ class ArrayMerger:
         y0, y1, x0, x1 = box
         self.labels = np.empty((y1 - y0, x1 - x0), np.uint8)
         self.probabilities = np.empty((classes, y1 - y0, x1 - x0), np.float32) if probabilities else None
-
-    @property
-    def stores_probabilities(self) -> bool:
-        return self.probabilities is not None
 
     def aggregate(self, box: Box, labels: np.ndarray, probabilities: np.ndarray | None) -> None:
         (ty0, ty1, tx0, tx1), (y0, y1, x0, x1) = box, self.box
@@ -61,6 +56,7 @@ class ZarrMerger:
 
     @property
     def stores_probabilities(self) -> bool:
+        """Whether ``targets`` hold probabilities (so a predictor must compute every pixel's)."""
         return "probabilities" in self.targets
 
     def within(self, folder: str) -> ZarrMerger:

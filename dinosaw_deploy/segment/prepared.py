@@ -224,8 +224,7 @@ class PreparedImage:
         ``predict_box``)."""
         box = self.check_box(box)
         merger = ArrayMerger(box, len(self.segmenter.label_classes), probabilities)
-        tiles = self.tiles(self.covering_tiles(box), modal=modal, crf=crf, exact=exact,
-                           probabilities=merger.stores_probabilities)
+        tiles = self.tiles(self.covering_tiles(box), modal=modal, crf=crf, exact=exact, probabilities=probabilities)
         for tile, tile_labels, tile_probs in tiles:
             merger.aggregate(tile, tile_labels, tile_probs)
         return merger.finalize()

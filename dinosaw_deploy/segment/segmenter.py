@@ -363,7 +363,7 @@ class Segmenter:
         if modal:
             labels = modal_filter(labels, modal, len(self.label_classes))
         inner = (slice(y0 - outer[0], y1 - outer[0]), slice(x0 - outer[2], x1 - outer[2]))
-        return labels[inner], (probs[(slice(None),) + inner] if probabilities or preview else None)
+        return labels[inner], (probs[(slice(None),) + inner] if probabilities else None)
 
     def predict_tiles(self, prepared: PreparedImage, boxes: Iterable[Box], *, modal: int = 0, crf: bool = False,
                       exact: bool = False, probabilities: bool = True
