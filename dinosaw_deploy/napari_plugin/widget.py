@@ -289,14 +289,25 @@ class SegmentWidget(QWidget):
         show_error(message)
 
     def wait(self, timeout_ms: int = 60_000) -> None:
-        """Block (processing Qt events) until every worker has finished: for scripts and tests."""
-        from qtpy.QtCore import QCoreApplication, QElapsedTimer
+        """Block (processing Qt events) until every worker has finished: for scripts and tests.
 
-        clock = QElapsedTimer()
-        clock.start()
-        while (self._workers or self._paint_timer.isActive() or self._view_timer.isActive()) and \
-                clock.elapsed() < timeout_ms:
-            QCoreApplication.processEvents()
+        The loop sleeps between events, as the application's own event loop does: polling
+        ``processEvents`` would keep one core and the GIL busy beside the workers."""
+        from qtpy.QtCore import QEventLoop, QTimer
+
+        loop, poll = QEventLoop(), QTimer()
+        deadline = time.monotonic() + timeout_ms / 1e3
+
+        def check() -> None:
+            if not (self._workers or self._paint_timer.isActive() or self._view_timer.isActive()) \
+                    or time.monotonic() > deadline:
+                loop.quit()
+
+        poll.setInterval(10)
+        poll.timeout.connect(check)
+        poll.start()
+        loop.exec()
+        poll.stop()
 
     # -- from the loop to the batch ---------------------------------------------------------
     def _trained(self):
