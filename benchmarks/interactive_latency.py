@@ -3,7 +3,8 @@
     xvfb-run -a -s "-screen 0 1600x1200x24" python benchmarks/interactive_latency.py [--strokes 20] [--pan 60]
 
 1. An EBC mosaic (2 x 2 images of ../shared/data/ebc, 2048² px), viewer at 1:1 zoom showing about
-   1024² screen pixels: first scribbles, then ``--strokes`` strokes of ~100 px each. For each stroke:
+   1024² screen pixels: first scribbles, then ``--strokes`` strokes of ~100 px each inside the view
+   (``--anywhere``: over the whole mosaic, reaching tiles never shown). For each stroke:
    the time from the paint event to the last visible tile shown (``gui``: what the user waits; it
    includes the paint debounce), and the same work with the library alone in this process (``bare``:
    ``LiveSession.train`` + ``predict`` of the same box, features already cached). p50/p95 of both
@@ -47,16 +48,20 @@ def ebc_mosaic() -> tuple[np.ndarray, np.ndarray]:
     return np.vstack(rows), np.vstack(truth_rows)
 
 
-def strokes(truth: np.ndarray, count: int, seed: int) -> list[np.ndarray]:
-    """``count`` label images, each one short stroke (3 px wide, <= 40 px long) inside one class."""
+def strokes(truth: np.ndarray, count: int, seed: int, box=None) -> list[np.ndarray]:
+    """``count`` label images of ``truth``'s shape, each one short stroke (3 px wide, <= 40 px long)
+    inside one class, within ``box`` (y0, y1, x0, x1) when given (where a user can paint: the view)."""
     sys.path.insert(0, str(SHARED / "tools"))
     from scribbles import scribbles
 
+    y0, y1, x0, x1 = box or (0, truth.shape[0], 0, truth.shape[1])
+    area = truth[y0:y1, x0:x1]
     out, rng = [], np.random.default_rng(seed)
     while len(out) < count:
-        marks = scribbles(truth, seed=int(rng.integers(1 << 30)), frac=0.0002)
+        marks = scribbles(area, seed=int(rng.integers(1 << 30)), frac=0.0002 * truth.size / area.size)
         value = rng.choice(np.unique(marks[marks > 0]))
-        one = np.where(marks == value, marks, 0).astype(np.uint8)
+        one = np.zeros(truth.shape, np.uint8)
+        one[y0:y1, x0:x1] = np.where(marks == value, marks, 0)
         if one.any():
             out.append(one)
     return out
@@ -94,6 +99,9 @@ def main() -> None:
     parser.add_argument("--strokes", type=int, default=20, help="strokes on the EBC mosaic (0: skip that part)")
     parser.add_argument("--pan", type=float, default=60.0, help="seconds of panning on the 40 000² scan (0: skip)")
     parser.add_argument("--side", type=int, default=40_000)
+    parser.add_argument("--anywhere", action="store_true",
+                        help="strokes anywhere on the mosaic, outside the view too (default: inside the view, "
+                             "as a user paints)")
     args = parser.parse_args()
     if not os.environ.get("DISPLAY"):
         sys.exit("run under a display, e.g. xvfb-run -a -s '-screen 0 1600x1200x24' python " + sys.argv[0])
@@ -139,7 +147,7 @@ def main() -> None:
             bare_session.train(painted, token)
             list(bare_session.predict(box, token))  # its cache warm, as the widget's is after the first view
             gui, gui_look, bare, bare_look = [], [], [], []
-            for stroke in strokes(truth, args.strokes, seed=1):
+            for stroke in strokes(truth, args.strokes, seed=1, box=None if args.anywhere else box):
                 start = time.monotonic()
                 paint(widget.scribbles, stroke)
                 widget.wait()

@@ -23,10 +23,7 @@ first = scribbles(truth, seed=0, frac=0.003)
 s = LiveSession(image, threads=2)
 t = s.generations.new(); s.train(first, t); list(s.predict(box, t))
 painted = first.copy(); times = []
-inside = np.zeros_like(truth, bool); inside[box[0]:box[1], box[2]:box[3]] = True
-for st in strokes(truth, 12, seed=1):
-    st = np.where(inside, st, 0)
-    if not st.any(): continue
+for st in strokes(truth, 12, seed=1, box=box):
     painted = np.where(st > 0, st, painted)
     a = time.monotonic(); t = s.generations.new(); s.train(scribbles_from_array(painted), t); b = time.monotonic()
     list(s.predict(box, t, preview=True)); c = time.monotonic()

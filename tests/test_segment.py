@@ -236,8 +236,8 @@ def test_extractor_may_be_an_engine_path_and_nothing_else(tiny_engine):
         Segmenter(extractor="missing.onnx")
 
 
-def test_training_threads_are_separate_from_feature_threads(data, monkeypatch):
-    """The live session trains XGBoost on one thread while features use all of them."""
+def test_xgboost_trains_on_the_segmenters_threads(data, monkeypatch):
+    """XGBoost trains on ``threads``, in the live session too."""
     import xgboost
 
     from dinosaw_deploy.napari_plugin.session import LiveSession
@@ -252,7 +252,7 @@ def test_training_threads_are_separate_from_feature_threads(data, monkeypatch):
     monkeypatch.setattr(xgboost, "train", recording)
     image, truth, scribbles = data
     Segmenter(classifier=ClassifierParams(rounds=2), threads=2).fit(image, scribbles)
-    Segmenter(classifier=ClassifierParams(rounds=2), threads=2, train_threads=1).fit(image, scribbles)
+    Segmenter(classifier=ClassifierParams(rounds=2), threads=1).fit(image, scribbles)
     session = LiveSession(image, classifier=ClassifierParams(rounds=2), threads=2)
     session.train(scribbles, session.generations.new())
-    assert seen == [2, 1, 1] and session.segmenter.threads == 2
+    assert seen == [2, 1, 2]

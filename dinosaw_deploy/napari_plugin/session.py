@@ -40,16 +40,13 @@ class LiveSession:
             every stroke re-predicts the visible tiles).
         tile: the prediction tile (default 256 px: a view is covered by tiles that overshoot it less).
         normalize: the intensity rule (``Segmenter(normalize=...)``), saved with the model.
-
-    XGBoost trains on one thread here (``Segmenter(train_threads=1)``): beside a GUI's own threads its
-    OpenMP barriers stalled two-thread training 7-14x; features and prediction use ``threads``.
     """
 
     def __init__(self, image: np.ndarray | RegionSource, *, extractor=None, grid: PatchGrid | None = None,
                  classifier: ClassifierParams | None = None, tile: int = LIVE_TILE, threads: int | None = None,
                  cache_bytes: int = DEFAULT_CACHE_BYTES, normalize: str = DEFAULT_NORMALIZE) -> None:
         self.segmenter = Segmenter(extractor=extractor, classifier=classifier or ClassifierParams(rounds=LIVE_ROUNDS),
-                                   tile=tile, threads=threads, train_threads=1, normalize=normalize)
+                                   tile=tile, threads=threads, normalize=normalize)
         self.prepared = self.segmenter.prepare(image, grid=grid, cache_bytes=cache_bytes)
         self.generations = Generations()
         self._tiles: dict[Box, np.ndarray] = {}  # labels of tiles under the current model

@@ -119,9 +119,6 @@ class Segmenter:
             of unlabelled pixels (:func:`~dinosaw_deploy.segment.classifier.estimate_prior`) and weigh
             every prediction with them; False = equal priors (as models saved before issue 12).
         threads: CPU threads (default: all cores).
-        train_threads: XGBoost's threads while training (default: ``threads``). An interactive host wants 1:
-            OpenMP's spinning barriers stall when the host's own threads take a core (measured in the napari
-            plugin on 2 cores: 30 rounds on 10k pixels took 5-10 s with 2 threads, 0.73 s with 1).
         device: ``auto`` (CUDA when xgboost has it and a GPU is present), ``cpu`` or ``cuda``.
     """
 
@@ -138,7 +135,6 @@ class Segmenter:
         normalize: str = DEFAULT_NORMALIZE,
         estimate_prior: bool = True,
         threads: int | None = None,
-        train_threads: int | None = None,
         device: str = "auto",
     ) -> None:
         if tile < 16:
@@ -157,7 +153,6 @@ class Segmenter:
         self.class_prior: np.ndarray | None = None
         self.intensity_histogram: np.ndarray | None = None
         self.threads = threads or os.cpu_count() or 1
-        self.train_threads = train_threads
         self.device = device
         self.booster = None
         self.pca: PcaFeatures | None = None
@@ -239,12 +234,11 @@ class Segmenter:
             raise DinosawError("only one class is labelled over all images; scribble at least two classes")
         weights = (len(y) / (k * np.maximum(counts, 1)))[y].astype(np.float32)
         device = self._device()
-        threads = self.train_threads or self.threads
-        params = self.classifier.xgb(k, device, threads)
-        matrix = xgboost.DMatrix(x, label=y, weight=weights, nthread=threads)
+        params = self.classifier.xgb(k, device, self.threads)
+        matrix = xgboost.DMatrix(x, label=y, weight=weights, nthread=self.threads)
         self.booster = xgboost.train(params, matrix, num_boost_round=self.classifier.rounds)
         self.class_prior = None
-        if self.estimate_prior:  # still on all training threads
+        if self.estimate_prior:
             unlabelled = np.concatenate([g[2] for g in gathered])
             self.class_prior = estimate_prior(self.booster.inplace_predict(unlabelled)).astype(np.float32)
         self.booster.set_param(PREDICT_PARAMS)
