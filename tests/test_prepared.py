@@ -89,6 +89,22 @@ def test_refitting_keeps_the_cache_and_a_new_filter_bank_empties_it(data, monkey
     assert calls and prepared.features(calls[0]).shape[0] == seg.bank.num_channels
 
 
+def test_a_stroke_in_a_new_tile_recomputes_only_that_tile(data, monkeypatch):
+    """With the class prior estimated, a retrain after a stroke in a tile that had no scribbles runs the
+    filter bank of that tile alone: the unlabelled pixels sampled from the other tiles stay the same."""
+    image, labels = data
+    monkeypatch.setattr("dinosaw_deploy.segment.segmenter.PRIOR_PIXELS", 3000)  # fewer than a tile's pixels
+    seg = Segmenter(classifier=ClassifierParams(rounds=3), tile=96, threads=1)
+    prepared = seg.prepare(image)
+    first = np.where(np.arange(image.shape[0])[:, None] < 96, labels, 0)  # the top row of tiles only
+    seg.fit_prepared([(prepared, scribbles_from_array(first))])
+    calls = counting(seg, monkeypatch)
+    stroke = first.copy()
+    stroke[150:153, 20:40] = labels[labels > 0][0]  # in tile (1, 0), which had none
+    seg.fit_prepared([(prepared, scribbles_from_array(stroke))])
+    assert len(calls) == 1 and calls[0][0] == 96 and calls[0][2] == 0
+
+
 def test_a_small_budget_evicts_instead_of_growing(data, seg):
     prepared = seg.prepare(data[0], cache_bytes=96 * 96 * seg.bank.num_channels * 4 * 2)  # two tiles
     prepared.labels()  # 9 tiles, the edge ones smaller

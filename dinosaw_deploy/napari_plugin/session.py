@@ -26,7 +26,7 @@ from dinosaw_deploy.tiling.store import PatchGrid
 
 from .viewport import Generations
 
-LIVE_TILE, LIVE_ROUNDS = 256, 30
+LIVE_TILE, LIVE_ROUNDS, LIVE_MAX_BIN = 256, 30, 64
 
 
 class LiveSession:
@@ -36,8 +36,9 @@ class LiveSession:
         image: an in-memory array or a region source (a file reader).
         extractor: a ``FeatureExtractor`` for ViT channels, or None for classical features only.
         grid: the image's patch features when ``image`` is a reader and ``extractor`` is set.
-        classifier: XGBoost settings (default: 30 rounds: prediction time grows with the trees, and
-            every stroke re-predicts the visible tiles).
+        classifier: XGBoost settings (default: 30 rounds, as prediction time grows with the trees and every
+            stroke re-predicts the visible tiles; 64 histogram bins, which train 1.6x faster than 256 at
+            the same mIoU on 10 EBC images, 0.592 vs 0.594).
         tile: the prediction tile (default 256 px: a view is covered by tiles that overshoot it less).
         normalize: the intensity rule (``Segmenter(normalize=...)``), saved with the model.
     """
@@ -45,7 +46,8 @@ class LiveSession:
     def __init__(self, image: np.ndarray | RegionSource, *, extractor=None, grid: PatchGrid | None = None,
                  classifier: ClassifierParams | None = None, tile: int = LIVE_TILE, threads: int | None = None,
                  cache_bytes: int = DEFAULT_CACHE_BYTES, normalize: str = DEFAULT_NORMALIZE) -> None:
-        self.segmenter = Segmenter(extractor=extractor, classifier=classifier or ClassifierParams(rounds=LIVE_ROUNDS),
+        classifier = classifier or ClassifierParams(rounds=LIVE_ROUNDS, max_bin=LIVE_MAX_BIN)
+        self.segmenter = Segmenter(extractor=extractor, classifier=classifier,
                                    tile=tile, threads=threads, normalize=normalize)
         self.prepared = self.segmenter.prepare(image, grid=grid, cache_bytes=cache_bytes)
         self.generations = Generations()

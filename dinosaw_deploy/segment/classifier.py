@@ -13,8 +13,9 @@ PREDICT_PARAMS = {"device": "cpu", "nthread": 1}
 # XGBoost keeps a gradient pair per training pixel and class: bound pixels x classes so a dense
 # many-class label image cannot exhaust memory (3 classes keep the 200k-per-class default).
 MAX_PIXEL_CLASS_PAIRS = 20_000_000
-# Unlabelled pixels (over all training tiles) whose predictions estimate the class priors.
-PRIOR_PIXELS = 131_072
+# Unlabelled pixels whose predictions estimate the class priors: PRIOR_PIXELS spread over all tiles of
+# the training images, at least MIN_PRIOR_PER_TILE from each scribbled tile.
+PRIOR_PIXELS, MIN_PRIOR_PER_TILE = 131_072, 16
 
 
 MAX_ROUNDS, MAX_DEPTH, MAX_BIN = 100_000, 64, 65536

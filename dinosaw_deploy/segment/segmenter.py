@@ -33,6 +33,7 @@ from dinosaw_deploy.segment.bundle import Bundle, bundle_bytes, load_bundle, rea
 from dinosaw_deploy.segment.bundle_schema import VitRecord, check_arrays, read_config
 from dinosaw_deploy.segment.classifier import (
     MAX_PIXEL_CLASS_PAIRS,
+    MIN_PRIOR_PER_TILE,
     PREDICT_PARAMS,
     PRIOR_PIXELS,
     ClassifierParams,
@@ -224,7 +225,10 @@ class Segmenter:
         per_class = min(self.max_samples_per_class, max(1, MAX_PIXEL_CLASS_PAIRS // k**2))
         samples = subsample_many(scribbles, per_class, seed=self.classifier.seed)
         groups = [self._tile_groups(prepared, sample) for prepared, sample in zip(images, samples)]
-        per_tile = PRIOR_PIXELS // sum(map(len, groups)) if self.estimate_prior else 0
+        # per tile of the images, not of the scribbled tiles: a stroke in a new tile then leaves the other
+        # tiles' samples (and their cached feature rows) as they were
+        tiles = sum(-(-p.shape[0] // self.tile) * -(-p.shape[1] // self.tile) for p in images)
+        per_tile = max(MIN_PRIOR_PER_TILE, PRIOR_PIXELS // tiles) if self.estimate_prior else 0
         gathered = [self._gather(prepared, sample, tiles, progress, per_tile)
                     for prepared, sample, tiles in zip(images, samples, groups)]
         x = np.concatenate([g[0] for g in gathered])
