@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import copy
+import os
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ from dinosaw_deploy.segment.postprocess import modal_filter
 from dinosaw_deploy.segment.segmenter import Segmenter
 from dinosaw_deploy.segment.vit_channels import PcaFeatures
 from dinosaw_deploy.synthetic import synthetic_micrograph, synthetic_scribbles
+from dinosaw_deploy.tiling.parallel import in_own_thread
 from dinosaw_deploy.tiling.store import ArrayGrid
 
 
@@ -234,6 +238,29 @@ def test_extractor_may_be_an_engine_path_and_nothing_else(tiny_engine):
             Segmenter(extractor=wrong)
     with pytest.raises(DinosawError, match="model not found"):
         Segmenter(extractor="missing.onnx")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
+def test_training_leaves_no_openmp_threads_behind(data):
+    """XGBoost's OpenMP team ends with the training (a lingering team per caller thread slows all of them)."""
+    image, truth, scribbles = data
+    counts = []
+
+    def caller() -> None:  # a long-lived thread, as a GUI's worker is
+        counts.append(len(os.listdir("/proc/self/task")))
+        Segmenter(classifier=ClassifierParams(rounds=2), threads=2).fit(image, scribbles)
+        counts.append(len(os.listdir("/proc/self/task")))
+
+    thread = threading.Thread(target=caller)
+    thread.start()
+    thread.join()
+    assert len(counts) == 2 and counts[1] == counts[0]
+
+
+def test_in_own_thread_returns_and_raises_on_the_caller():
+    assert in_own_thread(lambda: threading.current_thread().name) == "dinosaw-openmp"
+    with pytest.raises(DinosawError, match="inside"):
+        in_own_thread(lambda: (_ for _ in ()).throw(DinosawError("inside")))
 
 
 def test_xgboost_trains_on_the_segmenters_threads(data, monkeypatch):

@@ -22,6 +22,7 @@ from dinosaw_deploy.segment.classifier import ClassifierParams
 from dinosaw_deploy.segment.labels import Scribbles, scribbles_from_array
 from dinosaw_deploy.segment.segmenter import Segmenter
 from dinosaw_deploy.tiling.cache import DEFAULT_CACHE_BYTES
+from dinosaw_deploy.tiling.parallel import map_ordered
 from dinosaw_deploy.tiling.store import PatchGrid
 
 from .viewport import Generations
@@ -72,23 +73,27 @@ class LiveSession:
             return True
 
     def predict(self, box: Box, token: int, *, preview: bool = False) -> Iterator[tuple[Box, np.ndarray]]:
-        """(tile box, labels) of every tile overlapping ``box``, computed only where the current model
-        has not done so yet; stops when ``token`` goes stale. ``preview``: the labels of the
+        """(tile box, labels) of every tile overlapping ``box``, computed on the segmenter's threads only where
+        the current model has not done so yet; stops when ``token`` goes stale. ``preview``: the labels of the
         classifier's grid (every 3rd pixel of every 3rd row, 9x cheaper) of the tiles that have no full
         labels yet, for a first look."""
         if not self.trained:
             raise DinosawError("paint scribbles of at least two classes first")
         store = self._previews if preview else self._tiles
+
+        def work(tile: Box) -> np.ndarray | None:  # None: the token went stale first
+            labels = store.get(tile)
+            if labels is None and self.generations.is_current(token):
+                labels = self.segmenter.predict_box(self.prepared, tile, preview=preview, probabilities=False)[0]
+            return labels
+
         with self._work:
-            for tile in self.prepared.covering_tiles(self.prepared.check_box(box)):
-                if not self.generations.is_current(token):
+            tiles = [tile for tile in self.prepared.covering_tiles(self.prepared.check_box(box))
+                     if not (preview and tile in self._tiles)]
+            for tile, labels in zip(tiles, map_ordered(work, tiles, self.segmenter.threads)):
+                if labels is None or not self.generations.is_current(token):
                     return
-                if preview and tile in self._tiles:
-                    continue
-                labels = store.get(tile)
-                if labels is None:
-                    labels = self.segmenter.predict_box(self.prepared, tile, preview=preview, probabilities=False)[0]
-                    store[tile] = labels
+                store[tile] = labels
                 yield tile, labels
 
     def region(self, box: Box) -> np.ndarray:

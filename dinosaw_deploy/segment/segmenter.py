@@ -50,7 +50,7 @@ from dinosaw_deploy.segment.prepared import PreparedImage
 from dinosaw_deploy.segment.refine import GRID, grid_box, refined_labels
 from dinosaw_deploy.segment.vit_channels import PcaFeatures
 from dinosaw_deploy.tiling.cache import DEFAULT_CACHE_BYTES
-from dinosaw_deploy.tiling.parallel import map_ordered
+from dinosaw_deploy.tiling.parallel import in_own_thread, map_ordered
 from dinosaw_deploy.tiling.store import PatchGrid
 
 DEFAULT_TILE = 512
@@ -239,13 +239,17 @@ class Segmenter:
         weights = (len(y) / (k * np.maximum(counts, 1)))[y].astype(np.float32)
         device = self._device()
         params = self.classifier.xgb(k, device, self.threads)
-        matrix = xgboost.DMatrix(x, label=y, weight=weights, nthread=self.threads)
-        self.booster = xgboost.train(params, matrix, num_boost_round=self.classifier.rounds)
-        self.class_prior = None
-        if self.estimate_prior:
-            unlabelled = np.concatenate([g[2] for g in gathered])
-            self.class_prior = estimate_prior(self.booster.inplace_predict(unlabelled)).astype(np.float32)
-        self.booster.set_param(PREDICT_PARAMS)
+        unlabelled = np.concatenate([g[2] for g in gathered]) if self.estimate_prior else None
+
+        def boost() -> tuple[Any, np.ndarray | None]:
+            matrix = xgboost.DMatrix(x, label=y, weight=weights, nthread=self.threads)
+            booster = xgboost.train(params, matrix, num_boost_round=self.classifier.rounds)
+            prior = None if unlabelled is None else estimate_prior(booster.inplace_predict(unlabelled))
+            booster.set_param(PREDICT_PARAMS)
+            return booster, prior
+
+        self.booster, prior = in_own_thread(boost)  # its OpenMP threads end with it (see in_own_thread)
+        self.class_prior = None if prior is None else prior.astype(np.float32)
         self.intensity_histogram = np.mean([prepared.intensity_histogram() for prepared in images], axis=0)
         labelled = np.sum([s.counts() for s in scribbles], axis=0)
         self.training = {"pixels_labelled": labelled.tolist(), "pixels_used": counts.tolist(), "device": device,
