@@ -196,14 +196,17 @@ def main() -> None:
         area = tifffile.imread(truth_path)[: widget.paint_box[1], : widget.paint_box[3]]
         paint(widget.scribbles, scribbles(area, seed=0, frac=0.003)[widget.paint_box[0]:, widget.paint_box[2]:])
         widget.wait()
-        rng, steps, start, highest = np.random.default_rng(0), 0, time.perf_counter(), rss_mb()
+        rng, views, looks, start, highest = np.random.default_rng(0), [], [], time.perf_counter(), rss_mb()
         while time.perf_counter() - start < args.pan:
+            shown = time.monotonic()
             viewer.scene.camera.center = (0, *rng.uniform(1024, args.side - 1024, 2))
             widget.wait()
-            steps += 1
+            views.append(time.monotonic() - shown)
+            looks.append(widget.previewed - shown)
             highest = max(highest, rss_mb())
         stats = widget.session.prepared.cache_stats
-        print(f"panned {steps} views in {args.pan:.0f} s: RSS up to {highest:.0f} MiB (sampled after each view; process "
+        print(f"pan -> first look at a new view (features computed): {pct(looks)}; full labels: {pct(views)}")
+        print(f"panned {len(views)} views in {args.pan:.0f} s: RSS up to {highest:.0f} MiB (sampled after each view; process "
               f"peak {peak_rss_mb():.0f} MiB, the stroke part included); cache {stats.nbytes / 2**20:.0f} "
               f"MiB of {stats.max_bytes / 2**20:.0f} MiB, {stats.evictions} evictions")
         viewer.close()
