@@ -153,6 +153,33 @@ def test_vit_features_are_computed_once_per_image(data, tiny_engine, monkeypatch
     np.testing.assert_array_equal(labels_a, vit.predict(image))
 
 
+def test_vit_channels_are_cached_under_the_same_pca_and_grid(data, tiny_engine, monkeypatch):
+    """Refitting on the same scribbles gives the same PCA, so the ViT channels of a box come from the cache;
+    a changed PCA or new patch features compute them again, and the labels stay those of a fresh image."""
+    from dinosaw_deploy.segment.vit_channels import PcaFeatures
+
+    image, labels = data
+    calls, region = [], PcaFeatures.region
+    monkeypatch.setattr(PcaFeatures, "region", lambda self, grid, box: calls.append(box) or region(self, grid, box))
+    vit = Segmenter(extractor=FeatureExtractor(tiny_engine, backend="cpu"), classifier=ClassifierParams(rounds=3),
+                    tile=96, threads=1)
+    prepared, scribbles = vit.prepare(image), scribbles_from_array(labels)
+    vit.fit_prepared([(prepared, scribbles)])
+    prepared.labels()
+    seen = len(calls)
+    vit.fit_prepared([(prepared, scribbles)])
+    np.testing.assert_array_equal(prepared.labels(), vit.predict(image))
+    after_refit = len(calls)
+    vit.n_components -= 1  # another PCA
+    vit.fit_prepared([(prepared, scribbles)])
+    prepared.labels()
+    after_new_pca = len(calls)
+    prepared.set_grid(prepared.grid)  # the same features, but set anew: not trusted to be the same
+    prepared.labels()
+    assert after_refit - seen == 9  # vit.predict's own fresh image: its 9 tiles
+    assert after_new_pca > after_refit and len(calls) > after_new_pca
+
+
 def test_a_preview_is_the_full_prediction_at_the_grid_pixels(data, seg):
     prepared = seg.prepare(data[0])
     box = (10, 95, 20, 96)  # starts off the grid

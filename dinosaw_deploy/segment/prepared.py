@@ -100,6 +100,7 @@ class PreparedImage:
         self.shape: tuple[int, int] = tuple(int(v) for v in self.source.shape[:2])
         self._array = image if isinstance(image, np.ndarray) else None
         self._grid, self._grid_engine = grid, None
+        self._grid_version = 0  # part of the cache keys of ViT channels: a new grid makes them stale
         self.cache = FeatureCache(cache_bytes)
         self._fixed_range = intensity_range
         self._histogram: tuple[tuple[float, float], np.ndarray] | None = None  # (range, histogram)
@@ -161,6 +162,7 @@ class PreparedImage:
                                    "e.g. a feature store written by `dinosaw-deploy features`")
             grid = patch_features(self._array, extractor, intensity_range=self.intensity_range)
             self._grid, self._grid_engine = ArrayGrid(grid), extractor
+            self._grid_version += 1
         stored = getattr(self._grid, "intensity_range", None)  # a feature store records its range
         if stored is not None and not np.allclose(stored, self.gray.intensity_range, rtol=1e-6, atol=0):
             lo, hi = self.gray.intensity_range
@@ -172,6 +174,7 @@ class PreparedImage:
     def set_grid(self, grid: PatchGrid | None) -> None:
         """Read the ViT channels from ``grid`` (e.g. a feature store computed under :attr:`intensity_range`)."""
         self._grid, self._grid_engine = grid, None
+        self._grid_version += 1
 
     # -- features and predictions ---------------------------------------------------------
     def classical(self, box: Box) -> np.ndarray:
@@ -198,18 +201,30 @@ class PreparedImage:
             return np.ascontiguousarray(stack[:, ys - y0, xs - x0].T)
 
         rows = self.cache.get(key, compute)
-        pca = self.segmenter.pca
-        if pca is None:
+        if self.segmenter.pca is None:
             return rows
-        return np.concatenate([rows, pca.region(self.grid, box)[:, ys - y0, xs - x0].T], axis=1)
+
+        def vit_rows() -> np.ndarray:
+            stack = self.cache.peek(self._vit_key(box))
+            stack = self._vit_region(box) if stack is None else stack
+            return np.ascontiguousarray(stack[:, ys - y0, xs - x0].T)
+
+        return np.concatenate([rows, self.cache.get((*self._vit_key(box), key[2]), vit_rows)], axis=1)
 
     def features(self, box: Box) -> np.ndarray:
-        """(C, h, w) float32 feature stack of ``box``: classical channels, then the fitted PCA's ViT channels."""
+        """(C, h, w) float32 feature stack of ``box``: classical channels, then the fitted PCA's ViT channels
+        (both from the cache when computed before, the ViT ones under the same PCA and patch features)."""
         classical = self.classical(box)
-        pca = self.segmenter.pca
-        if pca is None:
+        if self.segmenter.pca is None:
             return classical
-        return np.concatenate([classical, pca.region(self.grid, box)])
+        box = tuple(int(v) for v in box)
+        return np.concatenate([classical, self.cache.get(self._vit_key(box), lambda: self._vit_region(box))])
+
+    def _vit_key(self, box: Box) -> tuple:
+        return ("vit", self._grid_version, self.segmenter.pca.fingerprint(), box)
+
+    def _vit_region(self, box: Box) -> np.ndarray:
+        return self.segmenter.pca.region(self.grid, box)
 
     def tiles(self, boxes: Iterable[Box], *, modal: int = 0, crf: bool = False, exact: bool = False,
               probabilities: bool = True) -> Iterator[tuple[Box, np.ndarray, np.ndarray | None]]:

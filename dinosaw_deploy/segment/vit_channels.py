@@ -9,6 +9,7 @@ depend on where the tile starts: there are no seams from upsampling.
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -51,6 +52,13 @@ class PcaFeatures:
         hi = np.where(hi > lo, hi, lo + 1.0)
         return cls(mean.astype(np.float32), scale.astype(np.float32), components.astype(np.float32),
                    lo.astype(np.float32), hi.astype(np.float32), patch_size)
+
+    def fingerprint(self) -> bytes:
+        """A digest of the fitted arrays: equal for equal fits (a refit on the same tokens), for cache keys."""
+        digest = hashlib.blake2b(str(self.patch_size).encode(), digest_size=16)
+        for array in (self.mean, self.scale, self.components, self.lo, self.hi):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.digest()
 
     @property
     def num_components(self) -> int:
