@@ -204,12 +204,14 @@ class PreparedImage:
         if self.segmenter.pca is None:
             return rows
 
+        vit_key = self._vit_key(box)
+
         def vit_rows() -> np.ndarray:
-            stack = self.cache.peek(self._vit_key(box))
+            stack = self.cache.peek(vit_key)
             stack = self._vit_region(box) if stack is None else stack
             return np.ascontiguousarray(stack[:, ys - y0, xs - x0].T)
 
-        return np.concatenate([rows, self.cache.get((*self._vit_key(box), key[2]), vit_rows)], axis=1)
+        return np.concatenate([rows, self.cache.get((*vit_key, key[2]), vit_rows)], axis=1)
 
     def features(self, box: Box) -> np.ndarray:
         """(C, h, w) float32 feature stack of ``box``: classical channels, then the fitted PCA's ViT channels

@@ -227,8 +227,8 @@ class Segmenter:
         groups = [self._tile_groups(prepared, sample) for prepared, sample in zip(images, samples)]
         # per tile of the images, not of the scribbled tiles: a stroke in a new tile then leaves the other
         # tiles' samples (and their cached feature rows) as they were
-        tiles = sum(-(-p.shape[0] // self.tile) * -(-p.shape[1] // self.tile) for p in images)
-        per_tile = max(MIN_PRIOR_PER_TILE, PRIOR_PIXELS // tiles) if self.estimate_prior else 0
+        image_tiles = sum(-(-p.shape[0] // self.tile) * -(-p.shape[1] // self.tile) for p in images)
+        per_tile = max(MIN_PRIOR_PER_TILE, PRIOR_PIXELS // image_tiles) if self.estimate_prior else 0
         gathered = [self._gather(prepared, sample, tiles, progress, per_tile)
                     for prepared, sample, tiles in zip(images, samples, groups)]
         x = np.concatenate([g[0] for g in gathered])
