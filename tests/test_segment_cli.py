@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -167,3 +168,18 @@ def test_segment_and_apply_with_vit_engine(inputs, tiny_engine, tmp_path):
     assert code == 0, text
     same = (tifffile.imread(tmp_path / "a.ome.tif") == tifffile.imread(out)).mean()
     assert same > 0.99  # fp16 features: a few pixels near a decision boundary may flip
+
+
+def test_segment_does_not_import_scikit_learn(inputs, tmp_path):
+    """xgboost would import scikit-learn (0.7 s of process start) for wrappers `segment` never uses."""
+    root, _ = inputs
+    out = tmp_path / "seg.ome.tif"
+    script = ("import sys; from dinosaw_deploy.cli import main\n"
+              "try:\n    main(sys.argv[1:])\n"
+              "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
+              "print('sklearn' in sys.modules, 'xgboost' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", script, "segment", str(root / "scan.tif"), "--labels",
+                           str(root / "scribbles.png"), "-o", str(out), *FAST], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-2:] == ["False", "True"]
+    assert tifffile.imread(out).shape == (300, 700)
