@@ -161,7 +161,7 @@ def live(make_napari_viewer, scan, tmp_path, monkeypatch):
 @needs_display
 def test_napari_painting_shows_the_labels_of_the_visible_region(live, scan, tmp_path):
     viewer, widget, errors, _ = live
-    image, _, labels = scan
+    image, truth, labels = scan
     viewer.reset_view()
     _paint(widget.scribbles, labels)
     widget.wait()
@@ -171,10 +171,26 @@ def test_napari_painting_shows_the_labels_of_the_visible_region(live, scan, tmp_
     reference = reference.predict(image)
     np.testing.assert_array_equal(widget.prediction.data, reference[box[0]:box[1], box[2]:box[3]])
     assert box == (0, 300, 0, 420)  # the whole image is in view
-    misses = widget.session.prepared.cache_stats.misses
-    _paint(widget.scribbles, np.where(labels == 1, 1, 0).astype(np.uint8))  # the same strokes again
+    bank, banks_run = widget.session.segmenter.bank, []
+    region = bank.region
+    bank.region = lambda *args: banks_run.append(args[1]) or region(*args)
+    before, at_start, show = widget.prediction.data.copy(), [], widget._show
+
+    def spy(item):
+        show(item)
+        if item[2] == "start":
+            at_start.append(widget.prediction.data.copy())
+
+    widget._show = spy
+    more = (synthetic_scribbles(truth, fraction=0.01, seed=7) == 1) & (labels == 0)
+    _paint(widget.scribbles, more.astype(np.uint8))  # more strokes of class 1 where features are cached
     widget.wait()
-    assert widget.session.prepared.cache_stats.misses == misses  # retrained and predicted from cached features
+    assert not banks_run  # retrained and predicted from cached features
+    assert len(at_start) == 1
+    np.testing.assert_array_equal(at_start[0], before)  # the old labels stay shown while the new ones come
+    reference = Segmenter(classifier=ClassifierParams(rounds=8), tile=LIVE_TILE, threads=2)
+    reference = reference.fit(image, np.where(more, 1, labels).astype(np.uint8)).predict(image)
+    np.testing.assert_array_equal(widget.prediction.data, reference)
     viewer.scene.camera.center = (0, 75, 105)
     viewer.scene.camera.zoom *= 4  # pan and zoom: the new view is predicted from the model's tiles
     widget.wait()

@@ -262,10 +262,12 @@ class SegmentWidget(QWidget):
             self.status.setText(f"zoom in to see live labels (the view has {box_pixels(box):.3g} px; live "
                                 f"prediction covers up to {MAX_LIVE_PIXELS:.3g})")
         elif what == "start":
-            y0, y1, x0, x1 = box
-            self._shown = (box, self.session.region(box))
-            self.prediction.data = self._shown[1]
-            self.prediction.translate = (y0 * self.prediction.scale[0], x0 * self.prediction.scale[1])
+            if self._shown is None or self._shown[0] != box:  # a new view: the tiles the model has labelled so far
+                y0, y1, x0, x1 = box
+                self._shown = (box, self.session.region(box))
+                self.prediction.data = self._shown[1]
+                self.prediction.translate = (y0 * self.prediction.scale[0], x0 * self.prediction.scale[1])
+            # the same view after a retrain: its labels stay shown until the new ones replace them
             self._drawn = time.monotonic()
             self.status.setText("predicting the visible region …")
         elif what == "tile":
