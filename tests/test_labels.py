@@ -93,3 +93,21 @@ def test_class_iou():
     np.testing.assert_allclose(class_iou(np.array([[1, 2, 2, 2]]), truth), [1 / 2, 2 / 3])
     with pytest.raises(DinosawError, match="shape"):
         class_iou(np.zeros((2, 2)), truth)
+
+
+def test_scribbles_of_a_large_sparse_label_array_need_no_full_size_temporaries():
+    """A paint layer of 4096² px with a few strokes: reading its scribbles allocates less than the layer
+    itself (a uint64 key per pixel would be 8x the layer; the napari widget reads it after every stroke)."""
+    import tracemalloc
+
+    labels = np.zeros((4096, 4096), np.uint8)
+    labels[100:103, 50:90], labels[3000:3003, 4000:4090] = 1, 2
+    tracemalloc.start()
+    marks = scribbles_from_array(labels)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < labels.nbytes
+    ys, xs = np.nonzero(labels)
+    np.testing.assert_array_equal(marks.ys, ys)
+    np.testing.assert_array_equal(marks.xs, xs)
+    np.testing.assert_array_equal(marks.classes, labels[ys, xs])

@@ -183,16 +183,16 @@ def _squeeze(labels: np.ndarray, source: str) -> np.ndarray:
 
 
 def _keys(strip: np.ndarray, source: str) -> np.ndarray:
-    """Per-pixel integer key (0 = unlabelled): the grey value, or the packed colour."""
+    """Per-pixel key (0 = unlabelled): the grey value (in the strip's own type), or the packed colour (uint64)."""
     if np.issubdtype(strip.dtype, np.floating):
         if not np.all(np.isfinite(strip)) or np.any(strip != np.round(strip)):
             raise DinosawError(f"{source}: label values must be whole numbers (got fractional values)")
     elif not (np.issubdtype(strip.dtype, np.integer) or strip.dtype == np.bool_):
         raise DinosawError(f"{source}: unsupported label pixel type {strip.dtype}")
-    if np.any(strip < 0):
+    if strip.dtype.kind in "if" and np.any(strip < 0):  # signed integers and floats
         raise DinosawError(f"{source}: label values must be >= 0")
     if strip.ndim == 2:
-        return strip.astype(np.uint64)
+        return strip
     if strip.max(initial=0) > 0xFFFF:
         raise DinosawError(f"{source}: colour labels must be 8- or 16-bit")
     rgb = strip[..., :3].astype(np.uint64)
@@ -212,10 +212,12 @@ def _build(strips, label_shape: tuple[int, int], shape: tuple[int, int] | None, 
         strip = _squeeze(np.asarray(strip), source)
         colour = strip.ndim == 3
         k = _keys(strip, source)
-        rows, cols = np.nonzero(k)
+        marked = np.flatnonzero(k.any(axis=1))  # scribbles are sparse: look for them in the rows that hold some
+        rows, cols = np.nonzero(k[marked])
+        rows = marked[rows]
         ys.append((rows + y0).astype(np.int32))
         xs.append(cols.astype(np.int32))
-        keys.append(k[rows, cols])
+        keys.append(k[rows, cols].astype(np.uint64))
     keys_all = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
     if keys_all.size == 0:
         raise DinosawError(f"{source}: no labelled pixels (every value is 0 = unlabelled)")
