@@ -96,21 +96,6 @@ class FriendlyGroup(click.Group):
             _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for details)", notes=held())
 
 
-@click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="dinosaw-deploy")
-@click.option("--debug", is_flag=True, help="Show full tracebacks and every library warning.")
-@click.pass_context
-def main(ctx: click.Context, debug: bool) -> None:
-    """ALiBi-Dv2 features and scribble segmentation for large micrographs."""
-    ctx.obj = {"debug": debug}
-    # This process is ours: OpenMP threads that sleep while they wait (unless the user set a policy).
-    # Spinning ones make XGBoost several times slower when other processes share the cores. The
-    # library leaves the setting to the application that embeds it.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if ctx.invoked_subcommand in _CLASSIFYING_COMMANDS:
-        _import_xgboost_without_sklearn()
-
-
 # Commands that train or run an XGBoost classifier.
 _CLASSIFYING_COMMANDS = {"segment", "fit", "apply"}
 
@@ -126,6 +111,21 @@ def _import_xgboost_without_sklearn() -> None:
         import xgboost  # noqa: F401
     finally:
         del sys.modules["sklearn"]
+
+
+@click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dinosaw-deploy")
+@click.option("--debug", is_flag=True, help="Show full tracebacks and every library warning.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """ALiBi-Dv2 features and scribble segmentation for large micrographs."""
+    ctx.obj = {"debug": debug}
+    # This process is ours: OpenMP threads that sleep while they wait (unless the user set a policy).
+    # Spinning ones make XGBoost several times slower when other processes share the cores. The
+    # library leaves the setting to the application that embeds it.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if ctx.invoked_subcommand in _CLASSIFYING_COMMANDS:
+        _import_xgboost_without_sklearn()
 
 
 for command in (export_command, info_command, features_command, segment_command, fit_command, apply_command,
