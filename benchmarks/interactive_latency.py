@@ -1,6 +1,7 @@
 """Stroke -> updated labels of the visible region in the napari plugin, beside the bare work.
 
     xvfb-run -a -s "-screen 0 1600x1200x24" python benchmarks/interactive_latency.py [--strokes 20] [--pan 60]
+        [--scan-strokes 20]
 
 1. An EBC mosaic (2 x 2 images of ../shared/data/ebc, 2048² px), viewer at 1:1 zoom showing about
    1024² screen pixels: first scribbles, then ``--strokes`` strokes of ~100 px each inside the view
@@ -9,8 +10,10 @@
    includes the paint debounce), and the same work with the library alone in this process (``bare``:
    ``LiveSession.train`` + ``predict`` of the same box, features already cached). p50/p95 of both
    and their ratio (gui minus the debounce, over bare).
-2. ``--pan`` seconds of panning across a synthetic 40 000² tiled scan (written once to a temporary
-   folder), predicting each new view: peak RSS and the feature cache's bytes against its limit.
+2. A synthetic 40 000² tiled scan (``--side``; written once to a temporary folder; the scribbles layer
+   covers 8192² px around the first view): first scribbles, ``--pan`` seconds of panning, predicting
+   each new view (peak RSS, the feature cache's bytes against its limit), then back in the first view
+   ``--scan-strokes`` strokes measured as in 1. (its bare session's memory comes after the panning's).
 Classical features (``--engine``: ViT features too), 2 threads. Targets (issue 18): p50 <= 1.0 s, p95 <= 2.0 s
 (with the tiny ViT engine p50 <= 1.5 s); first view of a new region <= 3 s; plugin overhead <= 1.15x; panning
 RSS <= 2 GiB.
@@ -22,6 +25,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -69,9 +73,53 @@ def strokes(truth: np.ndarray, count: int, seed: int, box=None) -> list[np.ndarr
 
 
 def paint(layer, labels: np.ndarray, offset=(0, 0)) -> None:
+    """Paint ``labels`` (0 = nothing) into ``layer``, whose pixel (0, 0) is ``offset`` of ``labels``' frame."""
     for value in np.unique(labels[labels > 0]):
         ys, xs = np.nonzero(labels == value)
         layer.data_setitem((ys - offset[0], xs - offset[1]), int(value))
+
+
+def stroke_latency(widget, source, painted: np.ndarray, view: tuple, area: tuple, marks: list[np.ndarray],
+                   debounce: float) -> None:
+    """Paint each of ``marks`` (label images of the image's box ``area``) in the widget and wait for the labels
+    of ``view``; then do the same work with a bare ``LiveSession`` on ``source``, whose scribbles
+    (``painted``: the scribbles layer's labels so far) grow alike. Prints p50/p95 of both and their ratio."""
+    from dinosaw_deploy.napari_plugin.session import LiveSession
+    from dinosaw_deploy.segment.labels import scribbles_from_array
+
+    offset = widget.paint_box[::2]
+    shape = widget.session.prepared.shape
+    y0, y1, x0, x1 = area
+
+    def in_image(labels: np.ndarray):  # the scribbles layer's labels in image coordinates
+        marks = scribbles_from_array(labels)
+        return replace(marks, shape=shape, ys=marks.ys + offset[0], xs=marks.xs + offset[1])
+
+    bare_session = LiveSession(source, extractor=widget.session.segmenter.extractor, threads=2)
+    token = bare_session.generations.new()
+    bare_session.train(in_image(painted), token)
+    list(bare_session.predict(view, token))  # its cache warm, as the widget's is after the first view
+    gui, gui_look, bare, bare_look = [], [], [], []
+    for mark in marks:
+        start = time.monotonic()
+        paint(widget.scribbles, mark, (offset[0] - y0, offset[1] - x0))
+        widget.wait()
+        gui.append(time.monotonic() - start)
+        gui_look.append(widget.previewed - start)
+        window = painted[y0 - offset[0] : y1 - offset[0], x0 - offset[1] : x1 - offset[1]]
+        window[mark > 0] = mark[mark > 0]
+        start = time.monotonic()
+        token = bare_session.generations.new()
+        bare_session.train(in_image(painted), token)
+        list(bare_session.predict(view, token, preview=True))
+        bare_look.append(time.monotonic() - start)
+        list(bare_session.predict(view, token))
+        bare.append(time.monotonic() - start)
+    print(f"stroke -> first look at the whole view (strided, gui, incl. {debounce:.2f} s debounce): {pct(gui_look)}")
+    print(f"stroke -> full-resolution labels shown (gui): {pct(gui)}")
+    print(f"bare work (train + predict of the box, features cached): first look {pct(bare_look)}, full {pct(bare)}")
+    print(f"plugin overhead: {np.median(gui) - debounce:.2f} s / {np.median(bare):.2f} s = "
+          f"{(np.median(gui) - debounce) / np.median(bare):.2f}x (median, debounce excluded)")
 
 
 def rss_mb() -> float:
@@ -98,8 +146,10 @@ def write_tiled_scan(scan: Path, truth_path: Path, side: int, block: int = 4096,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--strokes", type=int, default=20, help="strokes on the EBC mosaic (0: skip that part)")
-    parser.add_argument("--pan", type=float, default=60.0, help="seconds of panning on the 40 000² scan (0: skip)")
+    parser.add_argument("--pan", type=float, default=60.0, help="seconds of panning on the large scan (0: skip)")
     parser.add_argument("--side", type=int, default=40_000)
+    parser.add_argument("--scan-strokes", type=int, default=20,
+                        help="strokes on the large scan after panning, in its first view (0: skip)")
     parser.add_argument("--engine", type=Path, help="ViT features through this engine (.onnx/.plan) as well as "
                                                     "the filter bank (default: classical features only)")
     parser.add_argument("--anywhere", action="store_true",
@@ -114,8 +164,6 @@ def main() -> None:
     import tifffile
 
     from dinosaw_deploy.napari_plugin import widget as widget_module
-    from dinosaw_deploy.napari_plugin.session import LiveSession
-    from dinosaw_deploy.segment.labels import scribbles_from_array
     from dinosaw_deploy.tiling.pipeline import peak_rss_mb
 
     debounce = widget_module.PAINT_DEBOUNCE_MS / 1e3
@@ -147,34 +195,13 @@ def main() -> None:
             box = widget._shown[0]
             print(f"EBC mosaic {image.shape[0]}x{image.shape[1]}, visible box {box} "
                   f"({(box[1] - box[0]) * (box[3] - box[2]) / 1e6:.2f} Mpx): first view {time.perf_counter() - start:.2f} s")
-            bare_session = LiveSession(image, extractor=widget.session.segmenter.extractor, threads=2)
-            painted = first.copy()
-            token = bare_session.generations.new()
-            bare_session.train(painted, token)
-            list(bare_session.predict(box, token))  # its cache warm, as the widget's is after the first view
-            gui, gui_look, bare, bare_look = [], [], [], []
-            for stroke in strokes(truth, args.strokes, seed=1, box=None if args.anywhere else box):
-                start = time.monotonic()
-                paint(widget.scribbles, stroke)
-                widget.wait()
-                gui.append(time.monotonic() - start)
-                gui_look.append(widget.previewed - start)
-                painted = np.where(stroke > 0, stroke, painted)
-                start = time.monotonic()
-                token = bare_session.generations.new()
-                bare_session.train(scribbles_from_array(painted), token)
-                list(bare_session.predict(box, token, preview=True))
-                bare_look.append(time.monotonic() - start)
-                list(bare_session.predict(box, token))
-                bare.append(time.monotonic() - start)
-            print(f"stroke -> first look at the whole view (strided, gui, incl. {debounce:.2f} s debounce): {pct(gui_look)}")
-            print(f"stroke -> full-resolution labels shown (gui): {pct(gui)}")
-            print(f"bare work (train + predict of the box, features cached): first look {pct(bare_look)}, full {pct(bare)}")
-            print(f"plugin overhead: {np.median(gui) - debounce:.2f} s / {np.median(bare):.2f} s = "
-                  f"{(np.median(gui) - debounce) / np.median(bare):.2f}x (median, debounce excluded)")
+            area = (0, image.shape[0], 0, image.shape[1]) if args.anywhere else box
+            marks = [m[area[0]:area[1], area[2]:area[3]]
+                     for m in strokes(truth, args.strokes, seed=1, box=None if args.anywhere else box)]
+            stroke_latency(widget, image, first.copy(), box, area, marks, debounce)
             print(f"cache: {widget.session.prepared.cache_stats}")
             viewer.close()
-        if args.pan <= 0:
+        if args.pan <= 0 and args.scan_strokes <= 0:
             return
         scan = Path(tmp) / "big.tif"
         start = time.perf_counter()
@@ -215,6 +242,16 @@ def main() -> None:
         print(f"panned {len(views)} views in {args.pan:.0f} s: RSS up to {highest:.0f} MiB (sampled after each view; process "
               f"peak {peak_rss_mb():.0f} MiB, the stroke part included); cache {stats.nbytes / 2**20:.0f} "
               f"MiB of {stats.max_bytes / 2**20:.0f} MiB, {stats.evictions} evictions")
+        if args.scan_strokes > 0:  # back to the first view, inside the scribbles layer, and paint there
+            viewer.scene.camera.center = (0, 1024, 1024)
+            widget.wait()
+            view = widget._shown[0]
+            block = tifffile.imread(truth_path)  # the scan repeats this block
+            y0, y1, x0, x1 = view
+            view_truth = block[np.ix_(np.arange(y0, y1) % len(block), np.arange(x0, x1) % len(block))]
+            print(f"{args.side}² scan, visible box {view}, scribbles layer {widget.paint_box}:")
+            stroke_latency(widget, widget.image_layer.data[0].reader, np.array(widget.scribbles.data), view, view,
+                           strokes(view_truth, args.scan_strokes, seed=1), debounce)
         viewer.close()
 
 

@@ -205,7 +205,9 @@ class SegmentWidget(QWidget):
         """Train on the scribbles as they are now, then predict the visible region (in a worker)."""
         if self.session is None:
             return
-        painted = np.array(self.scribbles.data, copy=True)  # a snapshot; reading its scribbles is the worker's
+        data = self.scribbles.data
+        rows = np.flatnonzero(data.any(axis=1))  # a snapshot of the rows that hold scribbles (they are sparse:
+        painted = data[rows]  # the layer covers up to PAINT_SIDE² px); reading their scribbles is the worker's
         session, offset = self.session, self.paint_box[::2]
         token = session.generations.new()
         box = self.view_box()
@@ -215,7 +217,8 @@ class SegmentWidget(QWidget):
             if len(np.unique(painted[painted > 0])) < 2:
                 yield token, box, "too few", None, None
                 return
-            if not session.train(_in_image(scribbles_from_array(painted), offset, session.prepared.shape), token):
+            marks = _in_image(scribbles_from_array(painted), offset, session.prepared.shape, rows)
+            if not session.train(marks, token):
                 return
             yield from self._predict_job(box, token)
 
@@ -434,6 +437,9 @@ class SegmentWidget(QWidget):
                   lambda: QFileDialog.getExistingDirectory(self, "Output folder"))
 
 
-def _in_image(marks: Scribbles, offset: tuple[int, int], shape: tuple[int, int]) -> Scribbles:
-    """Scribbles of the painted region (whose corner is ``offset``) in the coordinates of an image of ``shape``."""
-    return replace(marks, shape=shape, ys=marks.ys + offset[0], xs=marks.xs + offset[1])
+def _in_image(marks: Scribbles, offset: tuple[int, int], shape: tuple[int, int],
+              rows: np.ndarray | None = None) -> Scribbles:
+    """Scribbles of the painted region (whose corner is ``offset``; ``rows``: the region's rows that ``marks``'
+    rows are, when they are a subset) in the coordinates of an image of ``shape``."""
+    ys = marks.ys if rows is None else rows[marks.ys].astype(marks.ys.dtype)
+    return replace(marks, shape=shape, ys=ys + offset[0], xs=marks.xs + offset[1])
