@@ -238,10 +238,11 @@ def main() -> None:
             looks.append(widget.previewed - shown)
             highest = max(highest, rss_mb())
         stats = widget.session.prepared.cache_stats
-        print(f"pan -> first look at a new view (features computed): {pct(looks)}; full labels: {pct(views)}")
-        print(f"panned {len(views)} views in {args.pan:.0f} s: RSS up to {highest:.0f} MiB (sampled after each view; process "
-              f"peak {peak_rss_mb():.0f} MiB, the stroke part included); cache {stats.nbytes / 2**20:.0f} "
-              f"MiB of {stats.max_bytes / 2**20:.0f} MiB, {stats.evictions} evictions")
+        if views:
+            print(f"pan -> first look at a new view (features computed): {pct(looks)}; full labels: {pct(views)}")
+            print(f"panned {len(views)} views in {args.pan:.0f} s: RSS up to {highest:.0f} MiB (sampled after each view; "
+                  f"process peak {peak_rss_mb():.0f} MiB, the stroke part included); cache {stats.nbytes / 2**20:.0f} "
+                  f"MiB of {stats.max_bytes / 2**20:.0f} MiB, {stats.evictions} evictions")
         if args.scan_strokes > 0:  # back to the first view, inside the scribbles layer, and paint there
             viewer.scene.camera.center = (0, 1024, 1024)
             widget.wait()
