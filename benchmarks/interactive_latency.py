@@ -25,7 +25,6 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -85,15 +84,15 @@ def stroke_latency(widget, source, painted: np.ndarray, view: tuple, area: tuple
     of ``view``; then do the same work with a bare ``LiveSession`` on ``source``, whose scribbles
     (``painted``: the scribbles layer's labels so far) grow alike. Prints p50/p95 of both and their ratio."""
     from dinosaw_deploy.napari_plugin.session import LiveSession
+    from dinosaw_deploy.napari_plugin.widget import _in_image
     from dinosaw_deploy.segment.labels import scribbles_from_array
 
     offset = widget.paint_box[::2]
     shape = widget.session.prepared.shape
     y0, y1, x0, x1 = area
 
-    def in_image(labels: np.ndarray):  # the scribbles layer's labels in image coordinates
-        marks = scribbles_from_array(labels)
-        return replace(marks, shape=shape, ys=marks.ys + offset[0], xs=marks.xs + offset[1])
+    def in_image(labels: np.ndarray):  # the scribbles layer's labels in image coordinates, as the widget reads them
+        return _in_image(scribbles_from_array(labels), offset, shape)
 
     bare_session = LiveSession(source, extractor=widget.session.segmenter.extractor, threads=2)
     token = bare_session.generations.new()
